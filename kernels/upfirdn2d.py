@@ -9,7 +9,8 @@ StyleGAN3 op. A 1-D filter is separable: it runs along x, then along y.
   Separable filters run as two 1-D passes with a float32 intermediate of the size
   [N, C, H_in, W_out]; 2-D filters run as one pass. Accumulation is float32 (float64 for
   float64 inputs); output is in the input dtype.
-- 'cuda': conv_transpose2d (upsampling) / strided conv2d (downsampling) from cuDNN/ATen.
+- 'cuda': conv_transpose2d (upsampling) / strided conv2d (downsampling) from cuDNN/ATen,
+  computed in float32 (float64 for float64 input).
 - 'ref': kernels/reference.py.
 
 The backward of each path is the same op with the roles swapped (up <-> down, filter flipped,
@@ -69,11 +70,14 @@ def upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1, impl=Non
     fdt = torch.float64 if x.dtype == torch.float64 else torch.float32
     h = _args.filter_for(f, x, gain, flip_filter).to(fdt)
     px0, px1, py0, py1 = pad
-    if impl == "cuda":
+    if impl == "cuda":  # computed in float32 (float64) like the other paths, then cast back
+        t = x.to(fdt)
         if h.ndim == 2:
-            return _Upfirdn2dAten.apply(x, h, upx, upy, downx, downy, px0, px1, py0, py1)
-        x = _Upfirdn2dAten.apply(x, h[None, :], upx, 1, downx, 1, px0, px1, 0, 0)
-        return _Upfirdn2dAten.apply(x, h[:, None], 1, upy, 1, downy, 0, 0, py0, py1)
+            t = _Upfirdn2dAten.apply(t, h, upx, upy, downx, downy, px0, px1, py0, py1)
+        else:
+            t = _Upfirdn2dAten.apply(t, h[None, :], upx, 1, downx, 1, px0, px1, 0, 0)
+            t = _Upfirdn2dAten.apply(t, h[:, None], 1, upy, 1, downy, 0, 0, py0, py1)
+        return t.to(x.dtype)
     from kernels._upfirdn2d_triton import upfirdn2d_pass
 
     if h.ndim == 2:
