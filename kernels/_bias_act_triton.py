@@ -52,7 +52,7 @@ def _bias_act_kernel(
         # d y / d x = s where the clamp does not bite, 0 where it does.
         dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(z.dtype)
         if HAS_CLAMP:
-            s = tl.where(tl.abs(y) <= clamp, s, 0.0)
+            s = tl.where(tl.abs(y) < clamp, s, 0.0)
         out = dy * s
     else:
         out = y

@@ -10,7 +10,7 @@
 - 'ref': kernels/reference.py.
 
 Conventions at exact ties, identical in every path: x + b == 0 counts as non-negative (slope 1),
-and an output with |y| == clamp still passes its gradient.
+and an output with |y| >= clamp counts as clamped (zero gradient).
 """
 
 from __future__ import annotations

@@ -104,8 +104,8 @@ def bias_act_ref(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=No
     x = fn(x, alpha)
     if gain != 1:
         x = x * gain
-    if clamp is not None and clamp >= 0:
-        x = x.clamp(-clamp, clamp)
+    if clamp is not None and clamp >= 0:  # |x| >= clamp is clamped: zero gradient there
+        x = torch.where(x.abs() < clamp, x, x.sign() * clamp)
     return x.to(dtype)
 
 

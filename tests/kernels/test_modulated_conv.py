@@ -1,0 +1,92 @@
+"""modulated_conv2d: grouped reference vs numpy loops, shared-weight form vs reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import modulated_conv2d
+from tests.conftest import assert_close
+from tests.kernels import numpy_ref
+
+# (N, I, O, H, k, demodulate, padding, input_gain)
+CASES = [
+    (2, 5, 4, 6, 3, True, 2, None),  # a synthesis layer (full padding)
+    (3, 7, 3, 5, 1, False, 0, None),  # ToRGB: 1x1, no demodulation
+    (1, 3, 7, 4, 3, True, 1, 0.7),  # batch 1, input gain
+    (2, 4, 5, 1, 3, True, 2, "per_channel"),  # 1x1 input
+]
+
+
+def _inputs(case, dtype, requires_grad=True):
+    n, i, o, h, k, demod, pad, gain = case
+    x = torch.randn(n, i, h, h, dtype=dtype, requires_grad=requires_grad)
+    w = torch.randn(o, i, k, k, dtype=torch.float64 if dtype == torch.float64 else torch.float32, requires_grad=requires_grad)
+    s = torch.randn(n, i, dtype=w.dtype, requires_grad=requires_grad)
+    if gain == "per_channel":
+        gain = torch.rand(i, dtype=w.dtype) + 0.5
+    return x, w, s, dict(demodulate=demod, padding=pad, input_gain=gain)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_reference_matches_numpy(case):
+    x, w, s, kw = _inputs(case, torch.float64, requires_grad=False)
+    g = kw["input_gain"]
+    g = g.numpy() if isinstance(g, torch.Tensor) else g
+    want = numpy_ref.modulated_conv2d(x.numpy(), w.numpy(), s.numpy(), kw["demodulate"], kw["padding"], g)
+    assert_close(modulated_conv2d(x, w, s, impl="ref", **kw), torch.from_numpy(want))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", CASES)
+def test_shared_weight_form_matches_reference(case, dtype):
+    """Output and the gradients for x, weight and styles."""
+    x, w, s, kw = _inputs(case, dtype)
+    y = modulated_conv2d(x, w, s, impl="cuda", **kw)
+    r = modulated_conv2d(x, w, s, impl="ref", **kw)
+    assert y.dtype == dtype
+    # Outputs are O(1) with demodulation; without it they scale with sqrt(I * k * k) * |s|.
+    scale = 1.0 if kw["demodulate"] else float(r.detach().double().abs().max())
+    assert_close(y, r, scale=scale)
+    dy = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, w, s), dy)
+    want = torch.autograd.grad(r, (x, w, s), dy)
+    assert_close(got[0], want[0], scale=scale)
+    # Weight and style grads are float32 sums over the batch and the image: compare relative
+    # to their magnitude, with the tolerance of the dtype the convolution ran in.
+    for g, e in zip(got[1:], want[1:]):
+        assert_close(g, e, dtype=dtype, scale=float(e.abs().max()))
+
+
+@pytest.mark.parametrize("impl", ["ref", "cuda"])
+def test_gradcheck_and_gradgradcheck(impl):
+    x, w, s, kw = _inputs((2, 3, 2, 3, 3, True, 1, None), torch.float64)
+    fn = lambda x, w, s: modulated_conv2d(x, w, s, impl=impl, **kw)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, w, s))
+    assert torch.autograd.gradgradcheck(fn, (x, w, s))
+
+
+def test_triton_request_falls_back_with_warning():
+    from kernels import _dispatch
+
+    _dispatch._warned.clear()
+    x, w, s, kw = _inputs(CASES[0], torch.float32, requires_grad=False)
+    import os
+
+    if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
+        pytest.skip("no Triton device")
+    with pytest.warns(RuntimeWarning, match="Triton modulated_conv2d is not written yet"):
+        y = modulated_conv2d(x, w, s, impl="triton", **kw)
+    assert_close(y, modulated_conv2d(x, w, s, impl="ref", **kw))
+
+
+def test_compiled_matches_eager_cpu():
+    x, w, s, kw = _inputs(CASES[0], torch.float32)
+    fn = lambda x, w, s: modulated_conv2d(x, w, s, impl="cuda", **kw)  # noqa: E731
+    compiled = torch.compile(fn, fullgraph=True)
+    assert_close(compiled(x, w, s), fn(x, w, s))
+    dy = torch.randn_like(fn(x, w, s))
+    got = torch.autograd.grad(compiled(x, w, s), (x, w, s), dy)
+    want = torch.autograd.grad(fn(x, w, s), (x, w, s), dy)
+    for g, e in zip(got, want):
+        assert_close(g, e, scale=float(e.abs().max()))
