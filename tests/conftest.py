@@ -38,7 +38,17 @@ OPCHECK_UTILS = (
     else ("test_schema", "test_autograd_registration")
 )
 
-gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+# Tests that need a GPU carry @gpu (select them with `pytest -m gpu`); they skip on CPU.
+gpu = pytest.mark.gpu
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 def assert_close(actual, expected, dtype=None, scale=1.0):

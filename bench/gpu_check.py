@@ -1,0 +1,123 @@
+"""One call on a lent GPU: every kernel test (GPU-marked ones included) and the kernel benchmarks.
+
+    python bench/gpu_check.py --out DIR
+
+Installs nothing (the GPU machine has no network) and runs on its preinstalled torch and
+triton. Writes DIR/summary.json (device, driver, versions, pass/fail counts, per-benchmark
+figures), DIR/summary.md, DIR/tests.xml and DIR/bench.json. Budget: under 10 minutes on one
+H100. Exit status is non-zero if any test failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _driver() -> str:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        v = pynvml.nvmlSystemGetDriverVersion()
+        return v.decode() if isinstance(v, bytes) else v
+    except Exception as e:  # no driver or no pynvml: say so instead of guessing
+        return f"unknown ({type(e).__name__})"
+
+
+def _env() -> dict:
+    import torch
+    import triton
+
+    return {
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu (no CUDA GPU)",
+        "driver": _driver(),
+        "cuda": torch.version.cuda,
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _run(cmd: list[str], timeout: int) -> int:
+    print("+", " ".join(cmd), flush=True)
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    try:
+        return subprocess.run(cmd, cwd=ROOT, env=env, timeout=timeout).returncode
+    except subprocess.TimeoutExpired:
+        print(f"timed out after {timeout} s", flush=True)
+        return 124
+
+
+def _junit_counts(path: Path) -> dict:
+    if not path.exists():
+        return {"error": "no junit report"}
+    root = ET.parse(path).getroot()
+    suite = root if root.tag == "testsuite" else root.find("testsuite")
+    failed = [c.get("classname", "") + "::" + c.get("name", "") for c in suite.iter("testcase")
+              if c.find("failure") is not None or c.find("error") is not None]
+    return {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")} | {"failed": failed}
+
+
+def _bench_rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = []
+    for b in json.loads(path.read_text())["benchmarks"]:
+        rows.append({"name": b["name"], "median_ms": b["stats"]["median"] * 1e3, **b.get("extra_info", {})})
+    return rows
+
+
+def _markdown(summary: dict) -> str:
+    e, t = summary["env"], summary["tests"]
+    lines = [
+        f"# Kernel check on {e['device']}",
+        "",
+        f"driver {e['driver']}, CUDA {e['cuda']}, torch {e['torch']}, triton {e['triton']}, Python {e['python']}",
+        "",
+        f"Tests: {t.get('tests')} run, {t.get('failures')} failures, {t.get('errors')} errors, {t.get('skipped')} skipped.",
+        "",
+        "| benchmark | median ms | GB/s | fraction of copy BW |",
+        "|---|---|---|---|",
+    ]
+    for r in summary["benchmarks"]:
+        gbps = r.get("gbps")
+        frac = r.get("fraction_of_copy_bw")
+        lines.append(f"| {r['name']} | {r['median_ms']:.3f} | {gbps:.1f} | {frac:.2f} |" if gbps is not None else f"| {r['name']} | {r['median_ms']:.3f} | | |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True, help="folder for the reports")
+    ap.add_argument("--test-timeout", type=int, default=330, help="seconds for the test run")
+    ap.add_argument("--bench-timeout", type=int, default=240, help="seconds for the benchmarks")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    py = sys.executable
+    rc_tests = _run([py, "-m", "pytest", "tests/kernels", "-q", "-p", "no:cacheprovider",
+                     f"--junitxml={args.out / 'tests.xml'}"], args.test_timeout)
+    rc_bench = _run([py, "-m", "pytest", "bench/", "--benchmark-only", "-q", "-p", "no:cacheprovider",
+                     f"--benchmark-json={args.out / 'bench.json'}"], args.bench_timeout)
+    summary = {
+        "env": _env(),
+        "tests": _junit_counts(args.out / "tests.xml") | {"returncode": rc_tests},
+        "bench_returncode": rc_bench,
+        "benchmarks": _bench_rows(args.out / "bench.json"),
+    }
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (args.out / "summary.md").write_text(_markdown(summary))
+    print(_markdown(summary))
+    return 0 if rc_tests == 0 and rc_bench == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
