@@ -41,4 +41,6 @@ def run_benchmark(benchmark, fn, rounds=None, warmup_rounds=None):
         fn()
         sync()
 
-    return benchmark.pedantic(timed, rounds=rounds, warmup_rounds=warmup_rounds, iterations=1)
+    benchmark.pedantic(timed, rounds=rounds, warmup_rounds=warmup_rounds, iterations=1)
+    # Median seconds, or None under --benchmark-disable (a smoke run: the body ran once).
+    return None if benchmark.stats is None else benchmark.stats.stats.median

@@ -24,7 +24,7 @@ from kernels._args import upfirdn2d_out_size
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class Upfirdn2dLaunch:
-    """Launch settings of the pass (tests may sweep these on purpose)."""
+    """Launch settings of the pass; upfirdn2d_pass takes them as arguments so tests can sweep."""
 
     block_h: int = 16  # output rows per program
     block_w: int = 32  # output columns per program
@@ -90,8 +90,14 @@ def upfirdn2d_pass(
     upx: int, upy: int, downx: int, downy: int,
     px0: int, px1: int, py0: int, py1: int,
     out_dtype: torch.dtype,
+    block_h: int = DEFAULT_LAUNCH.block_h,
+    block_w: int = DEFAULT_LAUNCH.block_w,
+    num_warps: int = DEFAULT_LAUNCH.num_warps,
 ) -> torch.Tensor:
-    """One polyphase pass with the correlation filter h [fh, fw]; see the module docstring."""
+    """One polyphase pass with the correlation filter h [fh, fw]; see the module docstring.
+
+    The launch arguments default to DEFAULT_LAUNCH; tests sweep them on purpose.
+    """
     n, c, in_h, in_w = x.shape
     out_w, out_h = upfirdn2d_out_size(in_w, in_h, h, (upx, upy), (downx, downy), (px0, px1, py0, py1))
     fmt = torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() else torch.contiguous_format
@@ -99,8 +105,7 @@ def upfirdn2d_pass(
     if y.numel() == 0:
         return y
     h = h.to(torch.float64 if x.dtype == torch.float64 else torch.float32).contiguous()
-    launch = DEFAULT_LAUNCH
-    grid = (n * c, triton.cdiv(out_h, launch.block_h) * triton.cdiv(out_w, launch.block_w))
+    grid = (n * c, triton.cdiv(out_h, block_h) * triton.cdiv(out_w, block_w))
     wrap_triton(_upfirdn2d_kernel)[grid](
         x, h, y,
         c, in_h, in_w, out_h, out_w,
@@ -108,15 +113,16 @@ def upfirdn2d_pass(
         px0, py0,
         UPX=upx, UPY=upy, DOWNX=downx, DOWNY=downy,
         FH=h.shape[0], FW=h.shape[1], ACC_F64=x.dtype == torch.float64,
-        BLOCK_H=launch.block_h, BLOCK_W=launch.block_w, num_warps=launch.num_warps,
+        BLOCK_H=block_h, BLOCK_W=block_w, num_warps=num_warps,
     )
     return y
 
 
 def _setup_context(ctx, inputs, output):
-    x, h, upx, upy, downx, downy, px0, px1, py0, py1, out_dtype = inputs
+    x, h, upx, upy, downx, downy, px0, px1, py0, py1, out_dtype, *launch = inputs
     ctx.save_for_backward(h)
     ctx.args = (x.shape[3], x.shape[2], upx, upy, downx, downy, px0, py0, x.dtype)
+    ctx.launch = launch
 
 
 def _backward(ctx, dy):
@@ -126,8 +132,8 @@ def _backward(ctx, dy):
     in_w, in_h, upx, upy, downx, downy, px0, py0, x_dtype = ctx.args
     fh, fw = h.shape
     p = grad_padding(in_w, in_h, dy.shape[3], dy.shape[2], fw, fh, upx, upy, downx, downy, px0, py0)
-    dx = upfirdn2d_pass(dy, h.flip([0, 1]).contiguous(), downx, downy, upx, upy, *p, x_dtype)
-    return (dx,) + (None,) * 10
+    dx = upfirdn2d_pass(dy, h.flip([0, 1]).contiguous(), downx, downy, upx, upy, *p, x_dtype, *ctx.launch)
+    return (dx,) + (None,) * (10 + len(ctx.launch))
 
 
 upfirdn2d_pass.register_autograd(_backward, setup_context=_setup_context)

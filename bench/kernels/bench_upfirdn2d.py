@@ -50,9 +50,11 @@ def bench_upfirdn2d(benchmark, roofline, shape, dtype, impl, backward):
         if backward:
             torch.autograd.grad(out, x, dy)
 
-    run_benchmark(benchmark, fn)
+    seconds = run_benchmark(benchmark, fn)
+    if seconds is None:
+        return
+    # Forward: read x, write y. Backward adds read dy, write dx.
     nbytes = (x.numel() + y.numel()) * x.element_size() * (2 if backward else 1)
-    seconds = benchmark.stats.stats.median
     benchmark.extra_info.update(
         device=roofline.device, dtype=str(dtype), shape=[n, c, h, h], out_shape=list(y.shape), up=up, down=down,
         taps=taps, impl=impl, backward=backward, median_ms=seconds * 1e3, gbps=nbytes / seconds / 1e9,

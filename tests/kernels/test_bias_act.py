@@ -33,6 +33,7 @@ CASES = [
     ((5, 4, 3), 2, "lrelu", 1.0, None, 256.0),  # slope 1 (ToRGB-like)
     ((6, 5), 0, "linear", None, None, 0.3),
     ((13,), 0, "relu", None, 0.5, None),
+    ((3, 7, 11, 13), 1, "lrelu", None, None, 1.0),  # several 1024-element programs, ragged tail
 ]
 
 

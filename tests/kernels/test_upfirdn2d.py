@@ -109,6 +109,21 @@ def test_odd_shapes_and_layouts(impl):
     assert_close(upfirdn2d(xs, f, up=2, impl=impl), upfirdn2d(xs.contiguous(), f, up=2, impl="ref"))
 
 
+@pytest.mark.parametrize("block_h,block_w,num_warps", [(1, 1, 1), (4, 8, 2), (8, 4, 4), (16, 32, 4), (32, 64, 8)])
+def test_launch_sweep(block_h, block_w, num_warps):
+    """Tiles that split the output unevenly, including 1x1 tiles, give the same result."""
+    from kernels._upfirdn2d_triton import upfirdn2d_pass
+
+    x = torch.randn(2, 3, 11, 7, device=TRITON_DEVICE, requires_grad=True)
+    h = torch.randn(5, 4, device=TRITON_DEVICE)
+    y = upfirdn2d_pass(x, h, 2, 2, 1, 1, 2, 1, 3, 0, torch.float32, block_h, block_w, num_warps)
+    # The same correlation through the public op: a 2-D filter is flipped unless flip_filter.
+    r = upfirdn2d(x, h, up=2, padding=(2, 1, 3, 0), flip_filter=True, impl="ref")
+    assert_close(y, r)
+    dy = torch.randn_like(y)
+    assert_close(torch.autograd.grad(y, x, dy)[0], torch.autograd.grad(r, x, dy)[0])
+
+
 @pytest.mark.parametrize("impl", ["ref", "cuda", "triton"])
 def test_gradcheck_and_gradgradcheck(impl):
     device = TRITON_DEVICE if impl == "triton" else "cpu"
@@ -155,11 +170,12 @@ def test_compiled_triton_matches_eager_gpu(dtype):
 
 @gpu
 def test_large_tensor_64bit_offsets():
-    """More than 2**31 elements in the output: offsets must not overflow."""
-    x = torch.randn(2, 512, 1024, 1024, device="cuda", dtype=torch.bfloat16)  # 2**30 elements
-    f = torch.tensor([1.0, 1.0], device="cuda")
-    y = upfirdn2d(x, f, up=(2, 1), padding=(1, 0, 0, 0), gain=0.25, impl="triton")  # 2**31 elements out
-    r = upfirdn2d(x[-1:, -4:], f, up=(2, 1), padding=(1, 0, 0, 0), gain=0.25, impl="ref")
+    """More than 2**31 elements in the output: offsets must not overflow 32 bits."""
+    x = torch.randn(3, 512, 1024, 1024, device="cuda", dtype=torch.bfloat16)  # 1.6e9 elements
+    f = torch.tensor([[1.0, 1.0]], device="cuda")  # 2-D [1, 2]: filter along x only
+    y = upfirdn2d(x, f, up=(2, 1), padding=(1, 0, 0, 0), impl="triton")
+    assert y.numel() > 2**31
+    r = upfirdn2d(x[-1:, -4:], f, up=(2, 1), padding=(1, 0, 0, 0), impl="ref")
     assert_close(y[-1:, -4:], r)
 
 
