@@ -11,12 +11,12 @@ linear, 0 for relu and alpha for lrelu; clamp < 0 means no clamp.
 
 from __future__ import annotations
 
-import struct
-
 import torch
 import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
+
+from kernels._launch import split_f32
 
 BLOCK = 1024
 
@@ -61,12 +61,6 @@ def _bias_act_kernel(
     tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _split(v: float) -> tuple[float, float]:
-    """v as a float32 pair hi + lo (Triton passes Python floats as float32)."""
-    hi = struct.unpack("f", struct.pack("f", v))[0]
-    return hi, struct.unpack("f", struct.pack("f", v - hi))[0]
-
-
 def _dense(t: torch.Tensor) -> torch.Tensor:
     if t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)):
         return t
@@ -81,7 +75,7 @@ def _launch(x, b, dy, out, dim, slope, gain, clamp):
     stride_dim = x.stride(dim) if size_dim > 1 else 1
     wrap_triton(_bias_act_kernel)[(triton.cdiv(numel, BLOCK),)](
         x, b if b is not None else x, dy if dy is not None else x, out,
-        numel, stride_dim, size_dim, *_split(slope), *_split(gain), *_split(clamp),
+        numel, stride_dim, size_dim, *split_f32(slope), *split_f32(gain), *split_f32(clamp),
         HAS_BIAS=b is not None, HAS_CLAMP=clamp >= 0, GRAD=dy is not None,
         F64=x.dtype == torch.float64, BLOCK=BLOCK,
     )

@@ -5,12 +5,16 @@ bias first; zero-insert upsample with fu and gain up**2; leaky ReLU (x == 0 coun
 non-negative) times gain, then clamp; filter with fd and decimate. The upsampled intermediate
 is float32 (float64 for float64 input); the output has x's dtype.
 
-Implementations today:
-- 'triton': the composite of the Triton upfirdn2d and bias_act kernels (unfused). The fused
-  single-pass kernel with a sign mask replaces it in the next kernel issue; the API stays.
-- 'cuda': the same composite over the ATen upfirdn2d and bias_act paths.
+Implementations:
+- 'triton': one fused pass per output tile (kernels/_filtered_lrelu_triton.py): bias,
+  zero-insert upsample with fu, leaky ReLU with gain and clamp, fd and decimation, with the
+  upsampled tile held on chip in float32. When x or b needs a gradient the forward also writes
+  a 2-bit sign/clamp mask (4 codes per byte); the backward is the same fused pass with the
+  roles swapped reading that mask, and it is linear in its input, so double backward works.
+  Covers separable (1-D) filters up to 32 taps with up, down in {1, 2, 4} (all three StyleGAN3-T
+  layer kinds). 2-D filters and anything else use 'cuda' with one warning.
+- 'cuda': the composite of the ATen upfirdn2d and bias_act paths.
 - 'ref': kernels/reference.py.
-Every path is differentiable to any order (its pieces are).
 """
 
 from __future__ import annotations
@@ -71,9 +75,25 @@ def filtered_lrelu(x, fu=None, fd=None, b=None, up=1, down=1, padding=0, gain=ma
     if mid_w < fdw or mid_h < fdh:
         raise ValueError(f"padding {padding!r} leaves {mid_w}x{mid_h} samples, fewer than fd's {fdw}x{fdh} taps")
 
-    impl = choose("filtered_lrelu", x, impl)
+    unsupported = None
+    if impl in (None, "triton") and x.device.type == "cuda" or impl == "triton":
+        from kernels._filtered_lrelu_triton import fused_covers
+
+        unsupported = fused_covers(fu, fd, up, down, x)
+    impl = choose("filtered_lrelu", x, impl, unsupported)
     if impl == "ref":
         return filtered_lrelu_ref(x, fu, fd, b, up, down, pad, gain, slope, clamp, flip_filter)
+    if impl == "triton":
+        from kernels._filtered_lrelu_triton import correlation_filters, filtered_lrelu_fwd
+
+        cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+        c1, c2 = correlation_filters(fu, fd, up, flip_filter, cdt, x.device)
+        out_w = (x.shape[3] * up + pad[0] + pad[1] - (fuw - 1) - (fdw - 1) + (down - 1)) // down
+        out_h = (x.shape[2] * up + pad[2] + pad[3] - (fuh - 1) - (fdh - 1) + (down - 1)) // down
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or (b is not None and b.requires_grad))
+        y, _ = filtered_lrelu_fwd(x, b, c1, c2, up, down, pad[0], pad[2], out_h, out_w, float(gain), float(slope),
+                                  None if clamp is None else float(clamp), needs_grad)
+        return y
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
     t = x.to(cdt)
     if b is not None:
