@@ -37,7 +37,7 @@ from torch.library import triton_op, wrap_triton
 from kernels._launch import next_pow2, split_f32
 
 TILE = 16  # outputs per tile and axis; TILE * D2 is a multiple of 4, so mask bytes never straddle tiles
-_BIG = 1 << 20  # makes floor division exact for the bounded negative numerators that occur
+_BIG = tl.constexpr(1 << 20)  # makes floor division exact for the bounded negative numerators that occur
 
 
 @triton.jit
