@@ -8,7 +8,7 @@ import scipy.signal
 import torch
 
 from kernels import filtered_lrelu
-from tests.conftest import TRITON_DEVICE, assert_close
+from tests.conftest import TRITON_DEVICE, assert_close, gpu
 from tests.kernels import numpy_ref
 
 
@@ -94,3 +94,121 @@ def test_compiled_matches_eager_cpu():
     want = torch.autograd.grad(fn(x, b), (x, b), dy)
     assert_close(got[0], want[0])
     assert_close(got[1], want[1], scale=100)
+
+
+def _second_order(impl, kind, dtype=torch.float32):
+    """d/d(dy) of |dx|^2 for dx = d filtered_lrelu / dx (dy): exercises the mask pass twice."""
+    x, b, kw = _inputs(kind, dtype, TRITON_DEVICE if impl == "triton" else "cpu")
+    y = filtered_lrelu(x, b=b, impl=impl, **kw)
+    dy = torch.linspace(-1, 1, y.numel(), dtype=dtype, device=y.device).reshape(y.shape).requires_grad_()
+    (dx,) = torch.autograd.grad(y, x, dy, create_graph=True)
+    return torch.autograd.grad(dx.square().sum(), dy)[0]
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_double_backward_matches_reference(kind):
+    torch.manual_seed(1)
+    got = _second_order("triton", kind)
+    torch.manual_seed(1)
+    want = _second_order("ref", kind)
+    assert_close(got, want, scale=float(want.abs().max()))
+
+
+def test_fused_forward_allocates_no_upsampled_buffer():
+    """The op allocates exactly y and the 2-bit mask; the composite allocates the fp32 upsampled tile."""
+    from torch.profiler import ProfilerActivity, profile
+
+    if TRITON_DEVICE != "cpu":
+        pytest.skip("CPU allocation profiling; the GPU variant is test_fused_forward_gpu_peak_memory")
+    x, b, kw = _inputs("up2_down2", torch.float32, "cpu", n=2, c=8)
+    s = (8 - 1) * 2 + 12  # upsampled positions per axis that the outputs read
+    upsampled_bytes = 2 * 8 * s * s * 4
+    for impl, expect_buffer in (("triton", False), ("cuda", True)):
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            y = filtered_lrelu(x, b=b, impl=impl, **kw)
+        # Filters and scalars are at most 32 taps of float64: ignore allocations of 256 bytes or less.
+        allocs = [e.cpu_memory_usage for e in prof.events() if e.name.startswith("aten::empty") and e.cpu_memory_usage > 256]
+        assert (max(allocs) >= upsampled_bytes) == expect_buffer, (impl, allocs)
+        if impl == "triton":
+            mask_bytes = 2 * 8 * s * ((s + 3) // 4)
+            assert sorted(allocs) == sorted([y.numel() * 4, mask_bytes])
+
+
+def test_no_mask_without_grad():
+    from torch.profiler import ProfilerActivity, profile
+
+    if TRITON_DEVICE != "cpu":
+        pytest.skip("CPU allocation profiling")
+    x, b, kw = _inputs("up2_down2", torch.float32, "cpu")
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        y = filtered_lrelu(x, b=b, impl="triton", **kw)
+    allocs = [e.cpu_memory_usage for e in prof.events() if e.name.startswith("aten::empty") and e.cpu_memory_usage > 256]
+    assert allocs == [y.numel() * 4]
+
+
+def test_opcheck():
+    from kernels._filtered_lrelu_triton import correlation_filters, filtered_lrelu_fwd, filtered_lrelu_masked
+
+    from tests.conftest import OPCHECK_UTILS
+
+    x, b, kw = _inputs("up2_down2", torch.float32, TRITON_DEVICE)
+    c1, c2 = correlation_filters(kw["fu"], kw["fd"], 2, False, torch.float32, x.device)
+    args = (x, b, c1, c2, 2, 2, 9, 9, 8, 8, 2**0.5, 0.2, 256.0, True)
+    torch.library.opcheck(filtered_lrelu_fwd, args, test_utils=OPCHECK_UTILS)
+    _, mask = filtered_lrelu_fwd(*args)
+    dy = torch.randn(2, 3, 8, 8, device=TRITON_DEVICE, requires_grad=True)
+    margs = (dy, mask, c2.flip(0).contiguous(), c1.flip(0).contiguous(), 2, 11, 11, 2, -2, -2, 10, 10, 26, 26, 2**0.5, 0.2)
+    torch.library.opcheck(filtered_lrelu_masked, margs, test_utils=OPCHECK_UTILS)
+
+
+def test_2d_filters_fall_back_with_one_warning():
+    import warnings
+
+    from kernels import _dispatch
+
+    _dispatch._warned.clear()
+    x = torch.randn(1, 2, 6, 6, device=TRITON_DEVICE)
+    f2 = torch.randn(4, 4, device=TRITON_DEVICE) / 4
+    with pytest.warns(RuntimeWarning, match="2-D"):
+        y = filtered_lrelu(x, f2, f2, up=2, down=2, padding=3, impl="triton")
+    assert_close(y, filtered_lrelu(x, f2, f2, up=2, down=2, padding=3, impl="ref"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        filtered_lrelu(x, f2, f2, up=2, down=2, padding=3, impl="triton")
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_fused_matches_eager_gpu(dtype):
+    x, b, kw = _inputs("up4_down2", dtype, "cuda", n=4, c=64)
+    fn = lambda x, b: filtered_lrelu(x, b=b, impl="triton", **kw)  # noqa: E731
+    compiled = torch.compile(fn, fullgraph=True)
+    assert_close(compiled(x, b), fn(x, b))
+    dy = torch.randn_like(fn(x, b))
+    got = torch.autograd.grad(compiled(x, b), (x, b), dy)
+    want = torch.autograd.grad(fn(x, b), (x, b), dy)
+    assert_close(got[0], want[0])
+    assert_close(got[1], want[1], scale=x[:, 0].numel())
+
+
+@gpu
+def test_1024_training_shape_and_peak_memory():
+    """A 1024² head layer at batch 32 in bf16: no size limit, and no upsampled buffer in memory."""
+    fu = _kaiser(12, 256, 300, 2048).float().cuda()
+    fd = _kaiser(12, 512, 100, 1024).float().cuda()
+    x = torch.randn(32, 64, 1046, 1046, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    b = torch.randn(64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    kw = dict(fu=fu, fd=fd, up=2, down=2, padding=(9, 8, 9, 8), clamp=256.0)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    y = filtered_lrelu(x, b=b, impl="triton", **kw)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    s = (y.shape[2] - 1) * 2 + 12
+    upsampled_fp32 = 32 * 64 * s * s * 4
+    assert peak < upsampled_fp32 / 2, (peak, upsampled_fp32)
+    r = filtered_lrelu(x[:2, -3:].detach().float(), b=b[-3:].detach().float(), impl="ref", **kw)
+    assert_close(y[:2, -3:], r.to(torch.bfloat16))
+    (dx,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    assert torch.isfinite(dx).all()
