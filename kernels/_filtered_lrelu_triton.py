@@ -49,14 +49,14 @@ def _scalar(hi, lo, F64: tl.constexpr):
 
 @triton.jit
 def _flrelu_kernel(
-    src_ptr, b_ptr, mask_ptr, c1_ptr, c2_ptr, y_ptr,
+    src_ptr, b_ptr, scale_ptr, mask_ptr, c1_ptr, c2_ptr, y_ptr,
     C, in_h, in_w, out_h, out_w, s_h, s_w, mask_row,
     ss_n, ss_c, ss_h, ss_w, sy_n, sy_c, sy_h, sy_w,
     p1x, p1y, off2x, off2y,
     gain_hi, gain_lo, slope_hi, slope_lo, clamp_hi, clamp_lo,
     U1: tl.constexpr, D2: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr,
     T: tl.constexpr, SP: tl.constexpr, IP: tl.constexpr,
-    MODE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_CLAMP: tl.constexpr, WRITE_MASK: tl.constexpr,
+    MODE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_CLAMP: tl.constexpr, WRITE_MASK: tl.constexpr,
     F64: tl.constexpr, PREC: tl.constexpr,
 ):
     pid_nc = tl.program_id(0)
@@ -87,6 +87,8 @@ def _flrelu_kernel(
     valid = ((iy >= 0) & (iy < in_h))[:, None] & ((ix >= 0) & (ix < in_w))[None, :]
     src_off = n * ss_n + c * ss_c + iy[:, None].to(tl.int64) * ss_h + ix[None, :].to(tl.int64) * ss_w
     x = tl.load(src_ptr + src_off, mask=valid, other=0.0).to(dt)
+    if HAS_SCALE:  # a modulated conv's demodulation coefficient d[n, c], folded into the load
+        x = x * tl.load(scale_ptr + pid_nc).to(dt)
     if HAS_BIAS:  # bias on real samples only: inserted zeros and padding stay zero
         x = tl.where(valid, x + tl.load(b_ptr + c).to(dt), 0.0)
 
@@ -156,7 +158,7 @@ def _precision(dtype: torch.dtype) -> str:
     return {torch.float64: "ieee", torch.bfloat16: "tf32"}.get(dtype, "tf32x3")
 
 
-def _launch(mode, src, b, mask, c1, c2, y, u1, p1x, p1y, d2, off2x, off2y, s_h, s_w, gain, slope, clamp, write_mask):
+def _launch(mode, src, b, scale, mask, c1, c2, y, u1, p1x, p1y, d2, off2x, off2y, s_h, s_w, gain, slope, clamp, write_mask):
     n, c, in_h, in_w = src.shape
     out_h, out_w = y.shape[2:]
     if y.numel() == 0:
@@ -166,31 +168,32 @@ def _launch(mode, src, b, mask, c1, c2, y, u1, p1x, p1y, d2, off2x, off2y, s_h, 
     sp, ip = tile_sizes(u1, d2, k1, k2)
     grid = (n * c, triton.cdiv(out_h, TILE) * triton.cdiv(out_w, TILE))
     wrap_triton(_flrelu_kernel)[grid](
-        src, b if b is not None else src, mask, c1, c2, y,
+        src, b if b is not None else src, scale if scale is not None else src, mask, c1, c2, y,
         c, in_h, in_w, out_h, out_w, s_h, s_w, mask.shape[-1] if mask.numel() else 1,
         *src.stride(), *y.stride(),
         p1x, p1y, off2x, off2y,
         *split_f32(gain), *split_f32(slope), *split_f32(-1.0 if clamp is None else clamp),
         U1=u1, D2=d2, K1=k1, K2=k2, T=TILE, SP=sp, IP=ip,
-        MODE=mode, HAS_BIAS=b is not None, HAS_CLAMP=clamp is not None and mode == 0, WRITE_MASK=write_mask,
+        MODE=mode, HAS_BIAS=b is not None, HAS_SCALE=scale is not None, HAS_CLAMP=clamp is not None and mode == 0, WRITE_MASK=write_mask,
         F64=f64, PREC=_precision(src.dtype), num_warps=8 if sp >= 128 else 4,
     )
 
 
 @triton_op("sgxl::filtered_lrelu_fwd", mutates_args={})
 def filtered_lrelu_fwd(
-    x: torch.Tensor, b: torch.Tensor | None, c1: torch.Tensor, c2: torch.Tensor,
+    x: torch.Tensor, b: torch.Tensor | None, in_scale: torch.Tensor | None, c1: torch.Tensor, c2: torch.Tensor,
     up: int, down: int, px0: int, py0: int, out_h: int, out_w: int,
     gain: float, slope: float, clamp: float | None, write_mask: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward pass (MODE 0). Returns y and the sign/clamp mask (empty unless write_mask)."""
+    """Forward pass (MODE 0) of act(x * in_scale[n, c] + b[c]). Returns y and the sign/clamp
+    mask (empty unless write_mask). in_scale is [N, C] float32 (contiguous) or None."""
     n, ch = x.shape[:2]
     s_h = (out_h - 1) * down + c2.shape[0]
     s_w = (out_w - 1) * down + c2.shape[0]
     y = torch.empty((n, ch, out_h, out_w), dtype=x.dtype, device=x.device)
     shape = (n * ch, s_h, (s_w + 3) // 4) if write_mask else (0,)
     mask = torch.empty(shape, dtype=torch.uint8, device=x.device)
-    _launch(0, x, b, mask, c1, c2, y, up, px0, py0, down, 0, 0, s_h, s_w, gain, slope, clamp, write_mask)
+    _launch(0, x, b, in_scale, mask, c1, c2, y, up, px0, py0, down, 0, 0, s_h, s_w, gain, slope, clamp, write_mask)
     return y, mask
 
 
@@ -203,7 +206,7 @@ def filtered_lrelu_masked(
     """A MODE 1 pass: linear in src, with the activation replaced by the mask's slopes."""
     n, ch = src.shape[:2]
     y = torch.empty((n, ch, out_h, out_w), dtype=src.dtype, device=src.device)
-    _launch(1, src, None, mask, c1, c2, y, u1, p1x, p1y, d2, off2x, off2y, s_h, s_w, gain, slope, None, False)
+    _launch(1, src, None, None, mask, c1, c2, y, u1, p1x, p1y, d2, off2x, off2y, s_h, s_w, gain, slope, None, False)
     return y
 
 
@@ -215,9 +218,9 @@ def transpose_geometry(c1, u1, p1x, p1y, c2, d2, off2x, off2y):
 
 
 def _fwd_setup(ctx, inputs, output):
-    x, b, c1, c2, up, down, px0, py0, out_h, out_w, gain, slope, clamp, write_mask = inputs
+    x, b, in_scale, c1, c2, up, down, px0, py0, out_h, out_w, gain, slope, clamp, write_mask = inputs
     _, mask = output
-    ctx.save_for_backward(mask, c1, c2)
+    ctx.save_for_backward(mask, c1, c2, in_scale, x if in_scale is not None else None)
     ctx.geom = (up, px0, py0, down, 0, 0)
     ctx.sizes = (x.shape[2], x.shape[3], (out_h - 1) * down + c2.shape[0], (out_w - 1) * down + c2.shape[0])
     ctx.act = (gain, slope)
@@ -225,15 +228,20 @@ def _fwd_setup(ctx, inputs, output):
 
 
 def _fwd_backward(ctx, dy, _dmask):
-    mask, c1, c2 = ctx.saved_tensors
+    mask, c1, c2, in_scale, x = ctx.saved_tensors
     if mask.numel() == 0:
         raise RuntimeError("filtered_lrelu: backward needs the mask; the forward ran without a gradient-requiring input")
     u1, p1x, p1y, d2, off2x, off2y = ctx.geom
     tc1, tu1, tp1x, tp1y, tc2, td2, toff2x, toff2y = transpose_geometry(c1, u1, p1x, p1y, c2, d2, off2x, off2y)
     in_h, in_w, s_h, s_w = ctx.sizes
-    dx = filtered_lrelu_masked(dy, mask, tc1, tc2, tu1, tp1x, tp1y, td2, toff2x, toff2y, in_h, in_w, s_h, s_w, *ctx.act)
-    db = dx.sum([0, 2, 3]) if ctx.has_bias and ctx.needs_input_grad[1] else None
-    return dx, db, None, None, None, None, None, None, None, None, None, None, None, None
+    # Gradient at the point where the bias enters (x * in_scale + b), then through the scale.
+    dz = filtered_lrelu_masked(dy, mask, tc1, tc2, tu1, tp1x, tp1y, td2, toff2x, toff2y, in_h, in_w, s_h, s_w, *ctx.act)
+    db = dz.sum([0, 2, 3]) if ctx.has_bias and ctx.needs_input_grad[1] else None
+    if in_scale is None:
+        return dz, db, None, None, None, None, None, None, None, None, None, None, None, None, None
+    dx = dz * in_scale[:, :, None, None].to(dz.dtype)
+    dscale = (dz.to(in_scale.dtype) * x.to(in_scale.dtype)).sum([2, 3]) if ctx.needs_input_grad[2] else None
+    return dx, db, dscale, None, None, None, None, None, None, None, None, None, None, None, None
 
 
 def _masked_setup(ctx, inputs, output):

@@ -31,7 +31,7 @@ from kernels.upfirdn2d import upfirdn2d
 
 
 def filtered_lrelu(x, fu=None, fd=None, b=None, up=1, down=1, padding=0, gain=math.sqrt(2), slope=0.2,
-                   clamp=None, flip_filter=False, impl=None):
+                   clamp=None, flip_filter=False, impl=None, in_scale=None):
     """Filtered leaky ReLU of a batch of 2-D images.
 
     Args:
@@ -47,6 +47,10 @@ def filtered_lrelu(x, fu=None, fd=None, b=None, up=1, down=1, padding=0, gain=ma
         clamp: clamp the activation to [-clamp, clamp] before fd; None = no clamp.
         flip_filter: False for convolution, True for correlation.
         impl: 'triton', 'cuda', 'ref' or None (best for x's device).
+        in_scale: optional [N, C] float32/float64 scale of x per sample and channel, applied
+            before the bias. Pass a modulated convolution's demodulation coefficients here
+            (modulated_conv2d(..., return_dcoefs=True)) and the fused kernel applies them while
+            loading x, saving a full pass over the conv output.
 
     Returns:
         [N, C, out_h, out_w] in x's dtype, out = (in * up + pad0 + pad1 - (fu_taps - 1)
@@ -56,6 +60,13 @@ def filtered_lrelu(x, fu=None, fd=None, b=None, up=1, down=1, padding=0, gain=ma
     _args.check_filter("fu", fu, x)
     _args.check_filter("fd", fd, x)
     _args.check_same("b", b, x, shape=(x.shape[1],))
+    if in_scale is not None:
+        if not isinstance(in_scale, torch.Tensor) or in_scale.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"in_scale must be a float32 or float64 tensor or None, got {getattr(in_scale, 'dtype', type(in_scale))}")
+        if in_scale.device != x.device:
+            raise ValueError(f"in_scale is on {in_scale.device} but x is on {x.device}")
+        if tuple(in_scale.shape) != tuple(x.shape[:2]):
+            raise ValueError(f"in_scale must have shape {tuple(x.shape[:2])}, got {tuple(in_scale.shape)}")
     for name, v in (("up", up), ("down", down)):
         if not isinstance(v, int) or isinstance(v, bool):
             raise TypeError(f"{name} must be an int, got {v!r}")
@@ -82,7 +93,7 @@ def filtered_lrelu(x, fu=None, fd=None, b=None, up=1, down=1, padding=0, gain=ma
         unsupported = fused_covers(fu, fd, up, down, x)
     impl = choose("filtered_lrelu", x, impl, unsupported)
     if impl == "ref":
-        return filtered_lrelu_ref(x, fu, fd, b, up, down, pad, gain, slope, clamp, flip_filter)
+        return filtered_lrelu_ref(x, fu, fd, b, up, down, pad, gain, slope, clamp, flip_filter, in_scale)
     if impl == "triton":
         from kernels._filtered_lrelu_triton import correlation_filters, filtered_lrelu_fwd
 
@@ -90,12 +101,15 @@ def filtered_lrelu(x, fu=None, fd=None, b=None, up=1, down=1, padding=0, gain=ma
         c1, c2 = correlation_filters(fu, fd, up, flip_filter, cdt, x.device)
         out_w = (x.shape[3] * up + pad[0] + pad[1] - (fuw - 1) - (fdw - 1) + (down - 1)) // down
         out_h = (x.shape[2] * up + pad[2] + pad[3] - (fuh - 1) - (fdh - 1) + (down - 1)) // down
-        needs_grad = torch.is_grad_enabled() and (x.requires_grad or (b is not None and b.requires_grad))
-        y, _ = filtered_lrelu_fwd(x, b, c1, c2, up, down, pad[0], pad[2], out_h, out_w, float(gain), float(slope),
+        needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, b, in_scale))
+        scale = None if in_scale is None else in_scale.to(cdt).contiguous()
+        y, _ = filtered_lrelu_fwd(x, b, scale, c1, c2, up, down, pad[0], pad[2], out_h, out_w, float(gain), float(slope),
                                   None if clamp is None else float(clamp), needs_grad)
         return y
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
     t = x.to(cdt)
+    if in_scale is not None:
+        t = t * in_scale.to(cdt)[:, :, None, None]
     if b is not None:
         t = bias_act(t, b.to(cdt), impl=impl)
     t = upfirdn2d(t, fu, up=up, padding=pad, gain=up**2, flip_filter=flip_filter, impl=impl)

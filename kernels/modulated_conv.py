@@ -5,12 +5,15 @@ demodulation, pre-normalize w per output channel and s by one batch-global RMS (
 only), build W_n = w * s[n], scale it to unit norm per output channel (eps 1e-8), then apply
 input_gain and run one grouped convolution.
 
-Implementations today:
-- 'cuda': the equivalent shared-weight form: scale x by the styles, run one ordinary conv2d
-  for the whole batch, multiply by d[n, o] = rsqrt(sum_i s[n,i]^2 sum_k w[o,i,k]^2 + 1e-8).
-  No [N, O, I, k, k] tensor; the weight gradient is an ordinary conv weight gradient.
-  input_gain scales x only and does not enter d, matching the grouped form's order.
-- 'triton': not yet written (next kernel issue); falls back to 'cuda' with one warning.
+Implementations:
+- 'triton': the shared-weight form below with the modulation (x * s) done by a Triton
+  channel-scale kernel and cuDNN as the convolution engine. The demodulation scale pays most
+  when it is not a pass of its own: with return_dcoefs=True the op returns the undemodulated
+  output and d, and filtered_lrelu(..., in_scale=d) applies d inside its fused load.
+- 'cuda': the equivalent shared-weight form with ATen ops: scale x by the styles, run one
+  ordinary conv2d for the whole batch, multiply by d[n, o] = rsqrt(sum_i s[n,i]^2 sum_k
+  w[o,i,k]^2 + 1e-8). No [N, O, I, k, k] tensor; the weight gradient is an ordinary conv
+  weight gradient. input_gain scales x only and does not enter d, matching the grouped form.
 - 'ref': the grouped form.
 Weight and styles may be float32 while x is bfloat16/float16: they are combined in float32
 and cast to x's dtype for the convolution.
@@ -26,7 +29,7 @@ from kernels._dispatch import choose
 from kernels.reference import modulated_conv2d_ref
 
 
-def modulated_conv2d(x, weight, styles, demodulate=True, padding=0, input_gain=None, impl=None):
+def modulated_conv2d(x, weight, styles, demodulate=True, padding=0, input_gain=None, impl=None, return_dcoefs=False):
     """Per-sample modulated convolution.
 
     Args:
@@ -37,9 +40,11 @@ def modulated_conv2d(x, weight, styles, demodulate=True, padding=0, input_gain=N
         padding: int conv2d padding (k - 1 gives StyleGAN3's "full" convolution).
         input_gain: None, a number, or a tensor broadcastable to [N, I].
         impl: 'triton', 'cuda', 'ref' or None (best for x's device).
+        return_dcoefs: return (y before demodulation, d [N, O] float32) instead of y, so the
+            caller can fold d into filtered_lrelu(in_scale=d); d is None without demodulation.
 
     Returns:
-        [N, O, H + 2 * padding - kh + 1, W + 2 * padding - kw + 1] in x's dtype.
+        [N, O, H + 2 * padding - kh + 1, W + 2 * padding - kw + 1] in x's dtype (or the pair).
     """
     _args.check_x(x)
     _args.check_x(weight, ndim=4, name="weight")
@@ -59,18 +64,36 @@ def modulated_conv2d(x, weight, styles, demodulate=True, padding=0, input_gain=N
     if input_gain is not None and isinstance(input_gain, torch.Tensor) and input_gain.device != x.device:
         raise ValueError(f"input_gain is on {input_gain.device} but x is on {x.device}")
 
-    impl = choose("modulated_conv2d", x, impl, "the Triton modulated_conv2d is not written yet")
-    if impl == "ref":
-        return modulated_conv2d_ref(x, weight, styles, demodulate, padding, input_gain)
+    impl = choose("modulated_conv2d", x, impl)
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if impl == "ref":
+        y = modulated_conv2d_ref(x, weight, styles, demodulate, padding, input_gain)
+        if not return_dcoefs:
+            return y
+        d = _coefficients(weight, styles, demodulate, input_gain, cdt)[2]
+        return (y, None) if d is None else ((y.to(cdt) / d[:, :, None, None]).to(x.dtype), d)
+    w, s, d = _coefficients(weight, styles, demodulate, input_gain, cdt)
+    if impl == "triton":
+        from kernels._scale_triton import scale_channels
+
+        y = F.conv2d(scale_channels(x, s), w.to(x.dtype), padding=padding)
+        if return_dcoefs:
+            return y, d
+        return y if d is None else scale_channels(y, d)
+    y = F.conv2d(x * s[:, :, None, None].to(x.dtype), w.to(x.dtype), padding=padding)
+    if return_dcoefs:
+        return y, d
+    return y if d is None else y * d[:, :, None, None].to(y.dtype)
+
+
+def _coefficients(weight, styles, demodulate, input_gain, cdt):
+    """(pre-normalized weight, input scale s [N, I], demodulation d [N, O] or None), in cdt."""
     w, s = weight.to(cdt), styles.to(cdt)
-    if demodulate:
+    d = None
+    if demodulate:  # fp16 headroom in the original; demodulation cancels both factors up to eps
         w = w * w.square().mean([1, 2, 3], keepdim=True).rsqrt()
         s = s * s.square().mean().rsqrt()
-        d = (s.square() @ w.square().sum([2, 3]).t() + 1e-8).rsqrt()  # [N, O]
+        d = (s.square() @ w.square().sum([2, 3]).t() + 1e-8).rsqrt()
     if input_gain is not None:
-        s = s * torch.as_tensor(input_gain, dtype=cdt, device=x.device).expand(n, i)
-    y = F.conv2d(x * s[:, :, None, None].to(x.dtype), w.to(x.dtype), padding=padding)
-    if demodulate:
-        y = y * d[:, :, None, None].to(y.dtype)
-    return y
+        s = s * torch.as_tensor(input_gain, dtype=cdt, device=s.device).expand(s.shape)
+    return w, s, d

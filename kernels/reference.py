@@ -110,8 +110,11 @@ def bias_act_ref(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=No
 
 
 def filtered_lrelu_ref(x, fu=None, fd=None, b=None, up=1, down=1, padding=0, gain=math.sqrt(2),
-                       slope=0.2, clamp=None, flip_filter=False):
-    """Bias, upsample (FIR fu, gain up**2), leaky ReLU with gain and clamp, downsample (FIR fd).
+                       slope=0.2, clamp=None, flip_filter=False, in_scale=None):
+    """Scale, bias, upsample (FIR fu, gain up**2), leaky ReLU with gain and clamp, downsample (FIR fd).
+
+    in_scale [N, C] (optional) multiplies x per sample and channel before the bias: a modulated
+    convolution's demodulation coefficients, folded here.
 
     The upsampled intermediate is float32 (float64 for float64 input). Output size per axis:
     (in * up + pad0 + pad1 - (fu_taps - 1) - (fd_taps - 1) + (down - 1)) // down.
@@ -120,6 +123,8 @@ def filtered_lrelu_ref(x, fu=None, fd=None, b=None, up=1, down=1, padding=0, gai
         raise TypeError(f"up and down must be ints, got up={up!r}, down={down!r}")
     dtype = x.dtype
     x = x.to(_compute_dtype(x))
+    if in_scale is not None:
+        x = x * in_scale.to(x.dtype)[:, :, None, None]
     x = bias_act_ref(x, b)
     x = upfirdn2d_ref(x, fu, up=up, padding=padding, gain=up**2, flip_filter=flip_filter)
     x = bias_act_ref(x, act="lrelu", alpha=slope, gain=gain, clamp=clamp)

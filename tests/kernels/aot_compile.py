@@ -22,6 +22,7 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from kernels._bias_act_triton import _bias_act_kernel  # noqa: E402
 from kernels._filtered_lrelu_triton import TILE, _flrelu_kernel, _precision, tile_sizes  # noqa: E402
+from kernels._scale_triton import _scale_kernel  # noqa: E402
 from kernels._upfirdn2d_triton import DEFAULT_LAUNCH, _upfirdn2d_kernel  # noqa: E402
 
 PTR = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float64: "*fp64", torch.uint8: "*u8"}
@@ -69,15 +70,21 @@ def filtered_lrelu_configs():
         for (u1, d2, k1, k2), (mode, write) in itertools.product(geoms, [(0, True), (0, False), (1, False)]):
             sp, ip = tile_sizes(u1, d2, k1, k2)
             yield f"filtered_lrelu {dt} mode{mode} write={write} up{u1} down{d2} taps {k1}/{k2}", _flrelu_kernel, dict(
-                src_ptr=dt, b_ptr=dt, mask_ptr=torch.uint8, c1_ptr=torch.float32, c2_ptr=torch.float32, y_ptr=dt,
+                src_ptr=dt, b_ptr=dt, scale_ptr=torch.float32, mask_ptr=torch.uint8, c1_ptr=torch.float32, c2_ptr=torch.float32, y_ptr=dt,
                 gain_hi=1.4, gain_lo=0.0, slope_hi=0.2, slope_lo=0.0, clamp_hi=256.0, clamp_lo=0.0,
                 U1=u1, D2=d2, K1=k1, K2=k2, T=TILE, SP=sp, IP=ip, MODE=mode, HAS_BIAS=mode == 0,
-                HAS_CLAMP=mode == 0, WRITE_MASK=write, F64=False, PREC=_precision(dt))
+                HAS_SCALE=mode == 0 and write, HAS_CLAMP=mode == 0, WRITE_MASK=write, F64=False, PREC=_precision(dt))
+
+
+def scale_configs():
+    for dt in (torch.bfloat16, torch.float16, torch.float32, torch.float64):
+        s = torch.float64 if dt == torch.float64 else torch.float32
+        yield f"scale_channels {dt}", _scale_kernel, dict(x_ptr=dt, s_ptr=s, y_ptr=dt, F64=dt == torch.float64, BLOCK=1024)
 
 
 def main() -> int:
     failures = 0
-    for name, kernel, values in itertools.chain(upfirdn2d_configs(), bias_act_configs(), filtered_lrelu_configs()):
+    for name, kernel, values in itertools.chain(upfirdn2d_configs(), bias_act_configs(), filtered_lrelu_configs(), scale_configs()):
         try:
             k = compile_for(kernel, values)
             print(f"ok   {name}: {len(k.asm['cubin'])} bytes of sm_90 cubin", flush=True)

@@ -36,6 +36,8 @@ f = torch.ones(3)
         (lambda: filtered_lrelu(x, f, torch.ones(1, 1, 3)), ValueError, "fd must be 1-D"),
         (lambda: filtered_lrelu(x, f, f, padding=(1, 1, 1)), ValueError, "padding must have"),
         (lambda: filtered_lrelu(x, f, f, b=torch.zeros(2, dtype=torch.float16)), TypeError, "b has dtype"),
+        (lambda: filtered_lrelu(x, f, f, in_scale=torch.ones(2, 2)), ValueError, "in_scale must have shape"),
+        (lambda: filtered_lrelu(x, f, f, in_scale=torch.ones(1, 2, dtype=torch.float16)), TypeError, "in_scale must be"),
         (lambda: modulated_conv2d(x, torch.ones(3, 5, 3, 3), torch.ones(1, 2)), ValueError, "weight has 5 input channels"),
         (lambda: modulated_conv2d(x, torch.ones(3, 2, 3, 3), torch.ones(2, 2)), ValueError, "styles must have shape"),
         (lambda: modulated_conv2d(x, torch.ones(3, 2, 3, 3, device="meta"), torch.ones(1, 2)), ValueError, "weight is on meta"),

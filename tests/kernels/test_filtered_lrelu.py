@@ -153,8 +153,10 @@ def test_opcheck():
 
     x, b, kw = _inputs("up2_down2", torch.float32, TRITON_DEVICE)
     c1, c2 = correlation_filters(kw["fu"], kw["fd"], 2, False, torch.float32, x.device)
-    args = (x, b, c1, c2, 2, 2, 9, 9, 8, 8, 2**0.5, 0.2, 256.0, True)
+    args = (x, b, None, c1, c2, 2, 2, 9, 9, 8, 8, 2**0.5, 0.2, 256.0, True)
     torch.library.opcheck(filtered_lrelu_fwd, args, test_utils=OPCHECK_UTILS)
+    d = torch.rand(2, 3, device=TRITON_DEVICE, requires_grad=True)
+    torch.library.opcheck(filtered_lrelu_fwd, (x, b, d) + args[3:], test_utils=OPCHECK_UTILS)
     _, mask = filtered_lrelu_fwd(*args)
     dy = torch.randn(2, 3, 8, 8, device=TRITON_DEVICE, requires_grad=True)
     margs = (dy, mask, c2.flip(0).contiguous(), c1.flip(0).contiguous(), 2, 11, 11, 2, -2, -2, 10, 10, 26, 26, 2**0.5, 0.2)
@@ -212,3 +214,46 @@ def test_1024_training_shape_and_peak_memory():
     assert_close(y[:2, -3:], r.to(torch.bfloat16))
     (dx,) = torch.autograd.grad(y, x, torch.ones_like(y))
     assert torch.isfinite(dx).all()
+
+
+@pytest.mark.parametrize("impl", ["cuda", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["up2_down2", "up4_down2", "torgb"])
+def test_in_scale_matches_reference(kind, dtype, impl):
+    """Demodulation folded into the load: output and gradients for x, b and the scale."""
+    device = TRITON_DEVICE if impl == "triton" else "cpu"
+    x, b, kw = _inputs(kind, dtype, device)
+    sdt = torch.float64 if dtype == torch.float64 else torch.float32
+    d = (torch.rand(x.shape[0], x.shape[1], dtype=sdt, device=device) + 0.5).requires_grad_()
+    y = filtered_lrelu(x, b=b, in_scale=d, impl=impl, **kw)
+    r = filtered_lrelu(x, b=b, in_scale=d, impl="ref", **kw)
+    assert_close(y, r)
+    dy = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, b, d), dy)
+    want = torch.autograd.grad(r, (x, b, d), dy)
+    assert_close(got[0], want[0])
+    assert_close(got[1], want[1], scale=x[:, 0].numel())
+    assert_close(got[2], want[2], dtype=dtype, scale=x[0, 0].numel())
+
+
+def test_in_scale_reference_matches_numpy():
+    x, b, kw = _inputs("odd_asym_flip_clamp", torch.float64, "cpu")
+    d = torch.rand(x.shape[0], x.shape[1], dtype=torch.float64) + 0.5
+    want = filtered_lrelu((x * d[:, :, None, None]).detach(), b=b, impl="ref", **kw)
+    f = lambda t: None if t is None else t.numpy()  # noqa: E731
+    np_want = numpy_ref.filtered_lrelu((x * d[:, :, None, None]).detach().numpy(), f(kw["fu"]), f(kw["fd"]),
+                                       b.detach().numpy(), kw["up"], kw["down"], kw["padding"], kw["gain"],
+                                       kw["slope"], kw["clamp"], kw["flip_filter"])
+    assert_close(filtered_lrelu(x, b=b, in_scale=d, impl="ref", **kw), torch.from_numpy(np_want))
+    assert_close(want, torch.from_numpy(np_want))
+
+
+def test_in_scale_gradgradcheck_triton():
+    x = torch.randn(1, 2, 4, 4, dtype=torch.float64, device=TRITON_DEVICE, requires_grad=True)
+    b = torch.randn(2, dtype=torch.float64, device=TRITON_DEVICE, requires_grad=True)
+    d = (torch.rand(1, 2, dtype=torch.float64, device=TRITON_DEVICE) + 0.5).requires_grad_()
+    fu = _random_filter(4).to(TRITON_DEVICE)
+    fn = lambda x, b, d: filtered_lrelu(x, fu, fu, b, up=2, down=2, padding=(3, 2, 3, 2), in_scale=d, impl="triton")  # noqa: E731
+    fast = TRITON_DEVICE == "cpu"
+    assert torch.autograd.gradcheck(fn, (x, b, d), fast_mode=fast)
+    assert torch.autograd.gradgradcheck(fn, (x, b, d), fast_mode=fast)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kernels import modulated_conv2d
-from tests.conftest import assert_close
+from tests.conftest import TRITON_DEVICE, assert_close
 from tests.kernels import numpy_ref
 
 # (N, I, O, H, k, demodulate, padding, input_gain)
@@ -66,18 +66,52 @@ def test_gradcheck_and_gradgradcheck(impl):
     assert torch.autograd.gradgradcheck(fn, (x, w, s))
 
 
-def test_triton_request_falls_back_with_warning():
-    from kernels import _dispatch
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", CASES)
+def test_triton_matches_reference(case, dtype):
+    """The Triton modulation kernel + cuDNN conv: output and gradients for x, weight, styles."""
+    x, w, s, kw = _inputs(case, dtype)
+    x, w, s = (t.detach().to(TRITON_DEVICE).requires_grad_() for t in (x, w, s))
+    if isinstance(kw["input_gain"], torch.Tensor):
+        kw["input_gain"] = kw["input_gain"].to(TRITON_DEVICE)
+    y = modulated_conv2d(x, w, s, impl="triton", **kw)
+    r = modulated_conv2d(x, w, s, impl="ref", **kw)
+    scale = 1.0 if kw["demodulate"] else float(r.detach().double().abs().max())
+    assert_close(y, r, scale=scale)
+    dy = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, w, s), dy)
+    want = torch.autograd.grad(r, (x, w, s), dy)
+    assert_close(got[0], want[0], scale=scale)
+    for g, e in zip(got[1:], want[1:]):
+        assert_close(g, e, dtype=dtype, scale=float(e.abs().max()))
 
-    _dispatch._warned.clear()
-    x, w, s, kw = _inputs(CASES[0], torch.float32, requires_grad=False)
-    import os
 
-    if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
-        pytest.skip("no Triton device")
-    with pytest.warns(RuntimeWarning, match="Triton modulated_conv2d is not written yet"):
-        y = modulated_conv2d(x, w, s, impl="triton", **kw)
-    assert_close(y, modulated_conv2d(x, w, s, impl="ref", **kw))
+@pytest.mark.parametrize("impl", ["ref", "cuda", "triton"])
+def test_return_dcoefs_recomposes(impl):
+    """(y before demodulation) * d == the demodulated output; d is None without demodulation."""
+    device = TRITON_DEVICE if impl == "triton" else "cpu"
+    x, w, s, kw = _inputs(CASES[0], torch.float64, requires_grad=False)
+    x, w, s = x.to(device), w.to(device), s.to(device)
+    yu, d = modulated_conv2d(x, w, s, impl=impl, return_dcoefs=True, **kw)
+    assert d.shape == (x.shape[0], w.shape[0]) and d.dtype == torch.float64
+    assert_close(yu * d[:, :, None, None], modulated_conv2d(x, w, s, impl="ref", **kw))
+    y, none = modulated_conv2d(x, w, s, impl=impl, return_dcoefs=True, demodulate=False, padding=2)
+    assert none is None
+    assert_close(y, modulated_conv2d(x, w, s, impl="ref", demodulate=False, padding=2), scale=float(y.abs().max()))
+
+
+def test_scale_channels_opcheck_and_gradcheck():
+    from kernels._scale_triton import scale_channels
+
+    from tests.conftest import OPCHECK_UTILS
+
+    x = torch.randn(2, 3, 4, 5, device=TRITON_DEVICE, requires_grad=True)
+    s = torch.randn(2, 3, device=TRITON_DEVICE, requires_grad=True)
+    torch.library.opcheck(scale_channels, (x, s), test_utils=OPCHECK_UTILS)
+    xd = torch.randn(2, 3, 2, 3, device=TRITON_DEVICE, dtype=torch.float64).to(memory_format=torch.channels_last).requires_grad_()
+    sd = torch.randn(2, 3, device=TRITON_DEVICE, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(scale_channels, (xd, sd))
+    assert torch.autograd.gradgradcheck(scale_channels, (xd, sd))
 
 
 def test_compiled_matches_eager_cpu():
