@@ -98,8 +98,8 @@ def _markdown(summary: dict) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="folder for the reports")
-    ap.add_argument("--test-timeout", type=int, default=210, help="seconds for the test run")
-    ap.add_argument("--bench-timeout", type=int, default=110, help="seconds for each benchmark suite")
+    ap.add_argument("--test-timeout", type=int, default=180, help="seconds for the test run")
+    ap.add_argument("--bench-timeout", type=int, default=95, help="seconds for each benchmark suite")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     py = sys.executable

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kernels import modulated_conv2d
-from tests.conftest import TRITON_DEVICE, assert_close
+from tests.conftest import TRITON_DEVICE, assert_close, gpu
 from tests.kernels import numpy_ref
 
 # (N, I, O, H, k, demodulate, padding, input_gain)
@@ -124,3 +124,27 @@ def test_compiled_matches_eager_cpu():
     want = torch.autograd.grad(fn(x, w, s), (x, w, s), dy)
     for g, e in zip(got, want):
         assert_close(g, e, scale=float(e.abs().max()))
+
+
+@gpu
+def test_compiled_synthesis_layer_matches_eager_gpu():
+    """Modulated conv (Triton modulation) + fused filtered_lrelu with the demodulation fold."""
+    from kernels import filtered_lrelu
+
+    x = torch.randn(4, 64, 36, 36, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w = torch.randn(32, 64, 3, 3, device="cuda", requires_grad=True)
+    s = torch.randn(4, 64, device="cuda", requires_grad=True)
+    b = torch.randn(32, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    f = torch.ones(12, device="cuda") / 12
+
+    def layer(x, w, s, b):
+        y, d = modulated_conv2d(x, w, s, padding=2, impl="triton", return_dcoefs=True)
+        return filtered_lrelu(y, f, f, b, up=2, down=2, padding=(9, 8, 9, 8), clamp=256.0, in_scale=d, impl="triton")
+
+    compiled = torch.compile(layer, fullgraph=True)
+    assert_close(compiled(x, w, s, b), layer(x, w, s, b))
+    dy = torch.randn_like(layer(x, w, s, b))
+    got = torch.autograd.grad(compiled(x, w, s, b), (x, w, s, b), dy)
+    want = torch.autograd.grad(layer(x, w, s, b), (x, w, s, b), dy)
+    for g, e in zip(got, want):
+        assert_close(g, e, dtype=torch.bfloat16, scale=float(e.abs().max()))
