@@ -257,3 +257,23 @@ def test_in_scale_gradgradcheck_triton():
     fast = TRITON_DEVICE == "cpu"
     assert torch.autograd.gradcheck(fn, (x, b, d), fast_mode=fast)
     assert torch.autograd.gradgradcheck(fn, (x, b, d), fast_mode=fast)
+
+
+@pytest.mark.parametrize("up,down", [(u, d) for u in (1, 2, 4) for d in (1, 2, 4)])
+def test_every_up_down_combination(up, down):
+    """All of up, down in {1, 2, 4} with 6 taps per factor, plus the 32-tap limit; batch 1, 7 channels."""
+    for ku, kd in ((6 * up if up > 1 else 1, 6 * down if down > 1 else 1), (32, 32)):
+        x = torch.randn(1, 7, 9, 9, device=TRITON_DEVICE, requires_grad=True)
+        b = torch.randn(7, device=TRITON_DEVICE, requires_grad=True)
+        fu = (_random_filter(ku).float().to(TRITON_DEVICE) if ku > 1 else None)
+        fd = (_random_filter(kd).float().to(TRITON_DEVICE) if kd > 1 else None)
+        pad = (ku + kd) // 2
+        kw = dict(fu=fu, fd=fd, up=up, down=down, padding=(pad, pad - 1, pad + 1, pad), clamp=1.0)
+        y = filtered_lrelu(x, b=b, impl="triton", **kw)
+        r = filtered_lrelu(x, b=b, impl="ref", **kw)
+        assert_close(y, r)
+        dy = torch.randn_like(y)
+        got = torch.autograd.grad(y, (x, b), dy)
+        want = torch.autograd.grad(r, (x, b), dy)
+        assert_close(got[0], want[0])
+        assert_close(got[1], want[1], scale=81)
