@@ -73,7 +73,7 @@ class MappingNetwork(nn.Module):
         if z_NZ.ndim != 2 or z_NZ.shape[1] != self.z_dim:
             raise ValueError(f"z must have shape [N, {self.z_dim}], got {tuple(z_NZ.shape)}")
         idx = self.labels(c, z_NZ.shape[0])
-        x = normalize_2nd_moment(z_NZ.float())
+        x = normalize_2nd_moment(z_NZ.to(self.fc0.weight.dtype))  # float32 (the parameters' dtype)
         if idx is not None:
             y = normalize_2nd_moment(self.embed_proj(self.embed(idx)))
             x = torch.cat([x, y], dim=1)
@@ -96,6 +96,7 @@ class MappingNetwork(nn.Module):
         w_avg <- beta^k w_avg + (1 - beta) sum_j beta^(k-1-j) x_j.
         """
         beta = self.w_avg_beta
+        w = w.to(self.w_avg.dtype)
         if idx is None:
             self.w_avg.copy_(w.mean(0) + beta * (self.w_avg - w.mean(0)))
             return
