@@ -107,3 +107,21 @@ class MappingNetwork(nn.Module):
         coef = (1 - beta) * torch.pow(torch.full_like(k, beta), k - 1 - rank)  # [N]
         decay = torch.pow(torch.full_like(count, beta), count)  # [C]
         self.w_avg.copy_(decay[:, None] * self.w_avg + onehot.t() @ (coef[:, None] * w))
+
+
+def class_embeddings_from_features(features_NF: torch.Tensor, labels_N: torch.Tensor, c_dim: int,
+                                   rows: int = 1000) -> torch.Tensor:
+    """The paper's class-table init (decision D3): the mean pooled lite0 feature of each class.
+
+    features_NF: [N, 320] globally pooled tf_efficientnet_lite0 last-stage features of training
+    images; labels_N: [N] class indices. Returns [max(rows, c_dim), F]: class means in the
+    leading rows; classes without images and the rows past c_dim keep N(0, 1) draws.
+    """
+    if features_NF.ndim != 2 or labels_N.shape != (features_NF.shape[0],):
+        raise ValueError(f"features must be [N, F] and labels [N], got {tuple(features_NF.shape)} and {tuple(labels_N.shape)}")
+    table = torch.randn(max(rows, c_dim), features_NF.shape[1], dtype=features_NF.dtype, device=features_NF.device)
+    onehot = torch.nn.functional.one_hot(labels_N.long(), c_dim).to(features_NF.dtype)  # [N, C]
+    count = onehot.sum(0)
+    means = (onehot.t() @ features_NF) / count.clamp(min=1)[:, None]
+    table[:c_dim] = torch.where(count[:, None] > 0, means, table[:c_dim])
+    return table

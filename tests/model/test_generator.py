@@ -161,3 +161,16 @@ def test_triton_path_matches_reference_through_the_generator():
     assert_close(b, a, scale=4)
     dy = torch.randn_like(a)
     assert_close(torch.autograd.grad(b, ws_b, dy)[0], torch.autograd.grad(a, ws_a, dy)[0], scale=40)
+
+
+def test_class_embeddings_from_features():
+    from model.mapping import class_embeddings_from_features
+
+    feats = torch.randn(7, 320)
+    labels = torch.tensor([0, 2, 0, 2, 2, 0, 3])
+    table = class_embeddings_from_features(feats, labels, c_dim=5)
+    assert table.shape == (1000, 320)
+    for k in (0, 2, 3):
+        assert_close(table[k], feats[labels == k].mean(0))
+    g = build_generator("tiny", 16, 5, class_embeddings=table)
+    assert torch.equal(g.mapping.embed.weight, table)
