@@ -1,0 +1,51 @@
+"""Command line -> TrainConfig. Flags a StyleGAN user expects; --dry-run prints the resolved config."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from engine.config import LossConfig, OptimConfig, TrainConfig
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="engine/train.py", description="Train one StyleGAN-XL stage.")
+    p.add_argument("--stage", type=int, required=True, help="output resolution of the stage (16 = stem)")
+    p.add_argument("--data", default=None, help="dataset: class-subfolder folder, image folder or StyleGAN zip "
+                                                "(default: the built-in synthetic dataset)")
+    p.add_argument("--outdir", default="runs/default", help="run directory (one per recipe; stages live inside)")
+    p.add_argument("--preset", default="tiny", choices=("paper", "light", "tiny"))
+    p.add_argument("--cond", type=int, default=1, choices=(0, 1), help="class-conditional")
+    p.add_argument("--batch", type=int, default=32, help="global batch size")
+    p.add_argument("--batch-gpu", type=int, default=8, help="images per device per forward")
+    p.add_argument("--kimg", type=float, default=25.0, help="training length of this stage, thousands of images")
+    p.add_argument("--tick", type=float, default=4.0, help="status line interval, kimg")
+    p.add_argument("--snap", type=int, default=50, help="snapshot interval, ticks")
+    p.add_argument("--mirror", type=int, default=0, choices=(0, 1), help="add x-flipped copies")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cls-weight", type=float, default=0.0, help="classifier-guidance weight (superres stages)")
+    p.add_argument("--zero-stage", type=int, default=2, choices=(0, 1, 2, 3), help="DeepSpeed ZeRO stage")
+    p.add_argument("--resume", default=None, help="copy weights from this checkpoint (restarts the image counter)")
+    p.add_argument("--stem", default=None, help="previous-stage checkpoint to grow from")
+    p.add_argument("--d-weights", default="pretrained", choices=("pretrained", "random"),
+                   help="feature networks of D: pretrained timm weights (local cache/file) or random")
+    p.add_argument("--d-backbones", default="deit_base_distilled_patch16_224,tf_efficientnet_lite0",
+                   help="comma-separated timm feature networks of D (tf_efficientnet_lite0 alone is the CPU demo)")
+    p.add_argument("--compile", type=int, default=1, choices=(0, 1), help="torch.compile G and D on GPU")
+    p.add_argument("--max-ticks", type=int, default=None, help="stop after this many ticks")
+    p.add_argument("--workers", type=int, default=2, help="data loader workers")
+    p.add_argument("--reduction", default="sum", choices=("sum", "mean"), help="D2: loss reduction")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and the layer table, then exit")
+    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        stage=args.stage, preset=args.preset, data=args.data, run_dir=args.outdir, cond=bool(args.cond),
+        batch=args.batch, batch_gpu=args.batch_gpu, kimg=args.kimg, tick=args.tick, snap=args.snap,
+        mirror=bool(args.mirror), seed=args.seed, d_weights=args.d_weights,
+        d_backbones=tuple(b for b in args.d_backbones.split(",") if b), compile=bool(args.compile),
+        stem=args.stem, resume=args.resume, max_ticks=args.max_ticks, workers=args.workers,
+        optim=OptimConfig(), loss=dataclasses.replace(LossConfig(), cls_weight=args.cls_weight, reduction=args.reduction),
+    )

@@ -1,0 +1,152 @@
+"""Building what one stage trains: G (new stem, or grown from the previous stage), G_ema, a fresh
+D, optimizers, data, guidance, and the run directory layout.
+
+Layout: <run_dir>/stage<R>/{latest,best}.safetensors (+ .json), samples_*.png, stats.jsonl,
+config.json. A stage above the stem grows from <run_dir>/stage<R/2>/best (else latest), or from
+--stem PATH.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from engine import checkpoint
+from engine.compile import maybe_compile
+from engine.config import TrainConfig
+from engine.telemetry import Telemetry
+from model.config import PRESETS, GeneratorConfig
+from model.discriminator import ProjectedDiscriminator
+from model.generator import Generator, build_generator, freeze_carried, grow
+
+
+def stage_dir(cfg: TrainConfig) -> Path:
+    return Path(cfg.run_dir) / f"stage{cfg.stage}"
+
+
+def previous_checkpoint(cfg: TrainConfig) -> Path:
+    """The checkpoint a superres stage grows from; a clear error naming what to run first."""
+    if cfg.stem is not None:
+        path = Path(cfg.stem)
+        if not path.exists():
+            raise FileNotFoundError(f"--stem {path} does not exist")
+        return path
+    prev = Path(cfg.run_dir) / f"stage{cfg.stage // 2}"
+    for name in ("best.safetensors", "latest.safetensors"):
+        if (prev / name).exists():
+            return prev / name
+    raise FileNotFoundError(
+        f"stage {cfg.stage} grows from stage {cfg.stage // 2}, but {prev} holds no checkpoint: train it first "
+        f"(python engine/train.py --stage {cfg.stage // 2} --outdir {cfg.run_dir} ...) or pass --stem PATH")
+
+
+def _load_generator(path: Path, device) -> Generator:
+    parts, meta = checkpoint.load(path)
+    g_cfg = GeneratorConfig(**meta["arch"]["G"])
+    g = Generator(g_cfg).to(device)
+    g.load_state_dict(parts["G_ema"])
+    return g
+
+
+@dataclasses.dataclass(kw_only=True)
+class Stage:
+    G: Generator
+    G_ema: Generator
+    D: ProjectedDiscriminator
+    G_train: torch.nn.Module  # G, compiled when enabled (saving uses G)
+    D_train: torch.nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    dataset: object
+    loader: object
+    iterator: object
+    c_dim: int
+    label_probs: torch.Tensor | None
+    guidance: object | None
+    arch: dict
+    decisions: dict
+    bar: tqdm
+    telemetry_: Telemetry
+
+    def freeze_carried(self, g: Generator) -> None:
+        freeze_carried(g)
+
+    def progress_bar(self, cur_nimg: int, losses: dict) -> None:
+        self.bar.update(cur_nimg / 1000 - self.bar.n)
+        self.bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()} | self.telemetry_short(), refresh=False)
+
+    def telemetry(self) -> dict:
+        out = self.telemetry_.read()
+        if torch.cuda.is_available():
+            out["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        return out
+
+    def telemetry_short(self) -> dict:
+        t = self.telemetry_.read()
+        return {k: f"{t[k]:.0f}" for k in ("gpu_mem_gb", "gpu_util_pct", "power_w") if k in t}
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class _LabelsToOneHot(torch.nn.Module):
+    """D and guidance take one-hot labels; the loop samples integer labels."""
+
+    def __init__(self, module, c_dim: int):
+        super().__init__()
+        self.module, self.c_dim = module, c_dim
+
+    def forward(self, img, c):
+        return self.module(img, None if c is None or not self.c_dim else F.one_hot(c, self.c_dim).float())
+
+
+def build_stage(cfg: TrainConfig, device: torch.device, log=print) -> Stage:
+    dataset, loader, iterator, c_dim, label_probs = open_training_data(cfg, device)
+    if cfg.stage == PRESETS[cfg.preset](cfg.stage).stem_res:
+        G = build_generator(cfg.preset, cfg.stage, c_dim).to(device)
+        source = None
+    else:
+        source = previous_checkpoint(cfg)
+        prev = _load_generator(source, device)
+        if prev.cfg.resolution * prev.cfg.up_factor != cfg.stage:
+            raise ValueError(f"{source} is a {prev.cfg.resolution}² generator: it grows to "
+                             f"{prev.cfg.resolution * prev.cfg.up_factor}², not {cfg.stage}²")
+        if prev.cfg.c_dim != c_dim:
+            raise ValueError(f"{source} has {prev.cfg.c_dim} classes but the data has {c_dim}")
+        G = grow(prev).to(device)
+        log(f"grew stage {cfg.stage} from {source}")
+    if cfg.resume is not None:  # explicit: copy weights, restart the counter (SPEC 5.8)
+        parts, meta = checkpoint.load(cfg.resume)
+        checkpoint.check_compatible(meta, {"G": dataclasses.asdict(G.cfg)}, cfg.resume)
+        G.load_state_dict(parts["G"])
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    D = ProjectedDiscriminator(cfg.d_backbones, c_dim, weights=cfg.d_weights).to(device)
+    freeze_carried(G)
+    opt_g = torch.optim.Adam([p for p in G.parameters() if p.requires_grad], **cfg.optim.adam("G"),
+                             fused=device.type == "cuda")
+    opt_d = torch.optim.Adam([p for p in D.parameters() if p.requires_grad], **cfg.optim.adam("D"),
+                             fused=device.type == "cuda")
+    guidance = None
+    if cfg.loss.cls_weight > 0 and c_dim and cfg.stage > G.cfg.stem_res:
+        from model.guidance import ClassifierGuidance
+
+        guidance = _LabelsToOneHot(ClassifierGuidance(weights=cfg.d_weights).to(device), c_dim)
+    arch = {"G": dataclasses.asdict(G.cfg), "D": {"backbones": list(cfg.d_backbones), "c_dim": c_dim}, "stage": cfg.stage}
+    decisions = {
+        "D1_train_input": G.cfg.train_input, "D2_reduction": cfg.loss.reduction,
+        "D3_class_table": "random N(0,1) (no pretrained lite0 features)" if cfg.d_weights == "random" else "random N(0,1)",
+        "D4_pl_times_interval": cfg.loss.pl_times_interval, "grown_from": None if source is None else str(source),
+    }
+    return Stage(
+        G=G, G_ema=G_ema, D=D, G_train=maybe_compile(G, enabled=cfg.compile, device=device),
+        D_train=_LabelsToOneHot(maybe_compile(D, enabled=cfg.compile, device=device), c_dim),
+        opt_g=opt_g, opt_d=opt_d, dataset=dataset, loader=loader, iterator=iterator, c_dim=c_dim,
+        label_probs=label_probs, guidance=guidance, arch=arch, decisions=decisions,
+        bar=tqdm(total=cfg.kimg, unit="kimg", desc=f"stage {cfg.stage}", dynamic_ncols=True, leave=True),
+        telemetry_=Telemetry(),
+    )

@@ -1,0 +1,45 @@
+"""Train one StyleGAN-XL stage.
+
+    python engine/train.py --stage 16                    # the tiny preset on the built-in data
+    deepspeed engine/train.py --stage 1024 --preset paper --data imagenet.zip ...
+
+Re-running the same command resumes from the stage's latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from engine.cli import config_from_args, parser  # noqa: E402
+from engine.config import to_dict  # noqa: E402
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+    except ValueError as e:
+        parser().error(str(e))
+    if args.dry_run:
+        from model.generator import build_generator
+
+        with torch.device("meta"):
+            g = build_generator(cfg.preset, cfg.stage, 1000 if cfg.cond else 0)
+        print(json.dumps({"train": to_dict(cfg), "generator": g.layer_specs()}, indent=2))
+        return 0
+    from engine.loop import train_stage
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    train_stage(cfg, device)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
