@@ -20,8 +20,9 @@ def blur(img_NCHW: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
     A fixed 13-tap kernel with zero taps past the radius: sigma may be a tensor that changes
     every step without changing any shape (no recompiles). sigma 0 (or 3 sigma < 1) is identity.
     """
-    sigma = torch.as_tensor(sigma, dtype=torch.float32, device=img_NCHW.device)
-    x = torch.arange(-BLUR_RADIUS, BLUR_RADIUS + 1, dtype=torch.float32, device=img_NCHW.device)
+    fdt = torch.float64 if img_NCHW.dtype == torch.float64 else torch.float32
+    sigma = torch.as_tensor(sigma, device=img_NCHW.device).to(fdt)
+    x = torch.arange(-BLUR_RADIUS, BLUR_RADIUS + 1, dtype=fdt, device=img_NCHW.device)
     f = torch.exp2(-(x / sigma.clamp(min=1e-8)).square()) * (x.abs() <= torch.floor(3 * sigma))
     f = (f / f.sum()).to(img_NCHW.dtype)
     c = img_NCHW.shape[1]
