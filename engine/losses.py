@@ -21,7 +21,10 @@ def blur(img_NCHW: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
     every step without changing any shape (no recompiles). sigma 0 (or 3 sigma < 1) is identity.
     """
     fdt = torch.float64 if img_NCHW.dtype == torch.float64 else torch.float32
-    sigma = torch.as_tensor(sigma, device=img_NCHW.device).to(fdt)
+    if isinstance(sigma, torch.Tensor):
+        sigma = sigma.to(device=img_NCHW.device, dtype=fdt)
+    else:
+        sigma = torch.tensor(sigma, dtype=fdt, device=img_NCHW.device)
     x = torch.arange(-BLUR_RADIUS, BLUR_RADIUS + 1, dtype=fdt, device=img_NCHW.device)
     f = torch.exp2(-(x / sigma.clamp(min=1e-8)).square()) * (x.abs() <= torch.floor(3 * sigma))
     f = (f / f.sum()).to(img_NCHW.dtype)
