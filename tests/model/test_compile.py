@@ -47,3 +47,32 @@ def test_no_recompiles_across_steps(generator):
             with torch.no_grad():
                 compiled(z, c, psi=torch.tensor(psi), update_w_avg=True)
     assert not torch.equal(before, generator.mapping.w_avg)  # the buffer update ran inside the graph
+
+
+def test_discriminator_no_recompiles_across_phases():
+    """D compiled once per phase (G step: heads frozen, image grad; D step: heads trainable)."""
+    from model.discriminator import ProjectedDiscriminator
+
+    torch._dynamo.reset()
+    d = ProjectedDiscriminator(("tf_efficientnet_lite0",), c_dim=5, weights="random")
+    compiled = torch.compile(d, backend="aot_eager", fullgraph=True)
+    c = torch.nn.functional.one_hot(torch.tensor([0, 4]), 5).float()
+
+    def g_phase():
+        d.requires_grad_(False)
+        img = (torch.rand(2, 3, 32, 32) * 2 - 1).requires_grad_()
+        (-compiled(img, c)).mean().backward()
+        assert img.grad is not None and all(p.grad is None for p in d.parameters())
+
+    def d_phase():
+        d.requires_grad_(True)
+        compiled(torch.rand(2, 3, 32, 32) * 2 - 1, c).relu().mean().backward()
+        assert all(p.grad is not None for p in d.discriminators.parameters())
+        d.zero_grad(set_to_none=True)
+
+    g_phase()
+    d_phase()
+    with torch.compiler.set_stance("fail_on_recompile"):
+        for _ in range(2):
+            g_phase()
+            d_phase()
