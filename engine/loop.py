@@ -173,7 +173,7 @@ def train_stage(cfg: TrainConfig, device: torch.device, log=print) -> Progress:
             with torch.no_grad():
                 grid = torch.cat([st.G_ema(grid_z[i:i + 16], None if grid_c is None else grid_c[i:i + 16])
                                   for i in range(0, 64, 16)])
-            save_grid(grid, out / f"samples_{prog.cur_nimg // 1000:06d}kimg.png")
+            save_grid(grid, out / f"samples_{prog.cur_nimg / 1000:09.3f}kimg.png")
             save_checkpoint(latest, st, prog, cfg, device)
             if prog.best_metric is None:  # no metric yet: the latest snapshot is also the best
                 save_checkpoint(out / "best.safetensors", st, prog, cfg, device)

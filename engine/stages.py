@@ -45,6 +45,19 @@ def previous_checkpoint(cfg: TrainConfig) -> Path:
         f"(python engine/train.py --stage {cfg.stage // 2} --outdir {cfg.run_dir} ...) or pass --stem PATH")
 
 
+def open_training_data(cfg: TrainConfig, device: torch.device, rank: int = 0, world_size: int = 1):
+    """(dataset, loader, iterator, c_dim, label weights) for this stage; errors before training starts."""
+    from engine.data import DatasetSpec, make_loader, open_dataset
+
+    dataset = open_dataset(DatasetSpec(resolution=cfg.stage, path=cfg.data, cond=cfg.cond, mirror=cfg.mirror,
+                                       seed=cfg.seed), min_images=cfg.batch)
+    loader = make_loader(dataset, batch_size=cfg.batch // world_size, rank=rank, world_size=world_size, seed=cfg.seed,
+                         device=device, num_workers=cfg.workers)
+    c_dim = dataset.c_dim if cfg.cond else 0
+    probs = torch.as_tensor(dataset.label_histogram, dtype=torch.float64) if c_dim else None
+    return dataset, loader, loader, c_dim, probs
+
+
 def _load_generator(path: Path, device) -> Generator:
     parts, meta = checkpoint.load(path)
     g_cfg = GeneratorConfig(**meta["arch"]["G"])
