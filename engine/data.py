@@ -501,8 +501,11 @@ class Loader:
             self._stream = None
 
     def _torch_stream(self, batches):
+        # A private generator: the DataLoader draws its worker base seed from it, not from the global
+        # RNG, so restarting the stream on resume does not shift the training's random numbers.
         loader = torch.utils.data.DataLoader(_TorchItems(self.dataset), batch_sampler=batches,
-                                             num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
+                                             num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+                                             generator=torch.Generator().manual_seed(self.seed))
         for images_NCHW, labels_N in loader:
             yield images_NCHW.to(self.device, non_blocking=True), labels_N.to(self.device, non_blocking=True)
 
