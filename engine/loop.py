@@ -23,6 +23,7 @@ from engine.ema import update_ema
 from engine.losses import blur, d_loss, g_loss, path_length_penalty
 from engine.samples import save_grid
 from engine.stages import build_stage, stage_dir
+from engine.stats import StatsWriter
 
 
 @dataclasses.dataclass(kw_only=True, slots=True)
@@ -94,7 +95,7 @@ def train_stage(cfg: TrainConfig, device: torch.device, log=print) -> Progress:
     reduction = cfg.loss.reduction
     total_nimg = int(cfg.kimg * 1000)
     tick_start_nimg, tick_start_time, start_time = prog.cur_nimg, time.time(), time.time()
-    stats_file = open(out / "stats.jsonl", "a")
+    stats_out = StatsWriter(out)
     grid_z = torch.randn(64, st.G.cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 1)).to(device)
     grid_c = (torch.arange(64) % st.c_dim).to(device) if st.c_dim else None
     losses = {}
@@ -163,8 +164,7 @@ def train_stage(cfg: TrainConfig, device: torch.device, log=print) -> Progress:
         stats = {"tick": prog.cur_tick, "kimg": prog.cur_nimg / 1000, "sec_per_kimg": sec_per_kimg,
                  "img_per_sec": 1000 / sec_per_kimg, "total_sec": now - start_time, "blur_sigma": float(sigma),
                  **{f"loss_{k}": v for k, v in losses.items()}, **st.telemetry()}
-        stats_file.write(json.dumps(stats) + "\n")
-        stats_file.flush()
+        stats_out.write(stats)
         log("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items()))
         tick_start_nimg, tick_start_time = prog.cur_nimg, now
         if cfg.max_ticks is not None and prog.cur_tick >= cfg.max_ticks:
@@ -174,10 +174,11 @@ def train_stage(cfg: TrainConfig, device: torch.device, log=print) -> Progress:
                 grid = torch.cat([st.G_ema(grid_z[i:i + 16], None if grid_c is None else grid_c[i:i + 16])
                                   for i in range(0, 64, 16)])
             save_grid(grid, out / f"samples_{prog.cur_nimg / 1000:09.3f}kimg.png")
+            stats_out.plot()
             save_checkpoint(latest, st, prog, cfg, device)
             if prog.best_metric is None:  # no metric yet: the latest snapshot is also the best
                 save_checkpoint(out / "best.safetensors", st, prog, cfg, device)
-    stats_file.close()
+    stats_out.close()
     st.close()
     return prog
 

@@ -41,6 +41,7 @@ def test_train_snapshot_grow(tmp_path):
     assert len(grids) == 2
     stats = [json.loads(line) for line in (out / "stats.jsonl").read_text().splitlines()]
     assert [s["tick"] for s in stats] == [1, 2] and all(s["sec_per_kimg"] > 0 for s in stats)
+    assert (out / "losses.png").stat().st_size > 1000 and any((out / "tensorboard").iterdir())
     meta = json.loads((out / "latest.json").read_text())
     assert meta["progress"]["cur_nimg"] == 16 and meta["decisions"]["D2_reduction"] == "sum"
 

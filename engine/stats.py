@@ -1,0 +1,67 @@
+"""Training statistics: one JSON line per tick, TensorBoard scalars, and a PNG of the loss curves.
+
+stats.jsonl is the record (a person or a script reads it); the TensorBoard events and the plot
+are views of the same numbers. TensorBoard and matplotlib are optional: without them the
+JSONL still gets written.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+class StatsWriter:
+    def __init__(self, out_dir: Path):
+        self.out_dir = Path(out_dir)
+        self.jsonl = open(self.out_dir / "stats.jsonl", "a")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.out_dir / "tensorboard"))
+        except ImportError:  # tensorboard not installed: JSONL only
+            self.tb = None
+
+    def write(self, stats: dict) -> None:
+        self.jsonl.write(json.dumps(stats) + "\n")
+        self.jsonl.flush()
+        if self.tb is not None:
+            step = int(round(stats["kimg"] * 1000))
+            for key, value in stats.items():
+                if isinstance(value, (int, float)) and key not in ("tick", "kimg"):
+                    self.tb.add_scalar(key, value, step)
+            self.tb.flush()
+
+    def plot(self, path: Path | None = None) -> Path | None:
+        """Loss curves (every loss_* column of stats.jsonl against kimg) as a PNG."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return None
+        rows = [json.loads(line) for line in (self.out_dir / "stats.jsonl").read_text().splitlines() if line.strip()]
+        keys = sorted({k for r in rows for k in r if k.startswith("loss_")})
+        path = Path(path or self.out_dir / "losses.png")
+        fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+        for key in keys:
+            pts = [(r["kimg"], r[key]) for r in rows if key in r]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=key[5:], marker="o" if len(pts) < 20 else None)
+        ax.set_xlabel("kimg")
+        ax.set_ylabel("loss")
+        ax.set_title(f"training losses ({self.out_dir.name})")
+        ax.grid(alpha=0.3)
+        if keys:
+            ax.legend()
+        fig.tight_layout()
+        tmp = path.with_name(f".{path.name}.tmp")
+        fig.savefig(tmp, format="png")
+        plt.close(fig)
+        tmp.replace(path)
+        return path
+
+    def close(self) -> None:
+        self.jsonl.close()
+        if self.tb is not None:
+            self.tb.close()
