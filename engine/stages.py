@@ -90,7 +90,7 @@ class Stage:
         freeze_carried(g)
 
     def progress_bar(self, cur_nimg: int, losses: dict) -> None:
-        self.bar.update(cur_nimg / 1000 - self.bar.n)
+        self.bar.update(min(cur_nimg / 1000, self.bar.total) - self.bar.n)
         self.bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()} | self.telemetry_short(), refresh=False)
 
     def telemetry(self) -> dict:
