@@ -32,14 +32,12 @@ class FullyConnected(nn.Module):
     def forward(self, x_NI: torch.Tensor, impl: str | None = None) -> torch.Tensor:
         w = self.weight.to(x_NI.dtype) * self.weight_gain
         b = self.bias
-        if b is not None:
-            b = b.to(x_NI.dtype)
-            if self.bias_gain != 1:
-                b = b * self.bias_gain
+        if b is not None and self.bias_gain != 1:
+            b = b * self.bias_gain
         if self.activation == "linear" and b is not None:
-            return torch.addmm(b.unsqueeze(0), x_NI, w.t())
-        x = x_NI.matmul(w.t())
-        return bias_act(x, b, act=self.activation, impl=impl)
+            return torch.addmm(b.to(x_NI.dtype).unsqueeze(0), x_NI, w.t())
+        x = x_NI.matmul(w.t())  # under autocast this may be bf16 while x_NI is fp32
+        return bias_act(x, None if b is None else b.to(x.dtype), act=self.activation, impl=impl)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, activation={self.activation}"

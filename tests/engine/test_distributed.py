@@ -150,12 +150,12 @@ def test_autocast_bf16_discriminator(ds_world, setup_uncond):
     assert all(parts["ds"]["D"][k].dtype == torch.float32 for k in trunk)  # frozen trunk stays fp32
 
 
-@pytest.mark.xfail(raises=TypeError, strict=True, reason="model/layers.py FullyConnected: under autocast the "
-                   "matmul gives bf16 while the bias was cast to the fp32 input dtype; bias_act rejects the mix")
 def test_conditional_discriminator_under_autocast(setup):
+    """FullyConnected casts its bias to the matmul's dtype, so the class projection runs under autocast."""
     _, D, batch = setup
     with PlainBackend(precision={"D": "autocast_bf16"}).autocast("D"):
-        D(batch["real"][:2], batch["c_real"][:2])
+        out = D(batch["real"][:2], batch["c_real"][:2])
+    assert out.shape[0] == 2 and torch.isfinite(out.float()).all()
 
 
 def _nan_step(be) -> torch.Tensor:
