@@ -80,17 +80,21 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
             "--d-backbones", "tf_efficientnet_lite0", "--d-weights", "random", "--compile", "0", "--workers", "0",
             "--seed", "3"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    latest = tmp_path / "k/stage16/latest.json"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if latest.exists() and json.loads(latest.read_text())["progress"]["cur_tick"] >= 1:
-            break
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    log = tmp_path / "killed_run.log"
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(args, env=env, stdout=f, stderr=subprocess.STDOUT)
+        latest = tmp_path / "k/stage16/latest.json"
+        deadline = time.time() + 900
+        while time.time() < deadline and proc.poll() is None:
+            if latest.exists() and json.loads(latest.read_text())["progress"]["cur_tick"] >= 1:
+                break
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert latest.exists(), f"no snapshot before the kill (exit {proc.returncode}):\n{log.read_text()[-3000:]}"
     killed_at = json.loads(latest.read_text())["progress"]["cur_tick"]
-    assert subprocess.run(args, env=env, capture_output=True, timeout=600).returncode == 0
+    rerun = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
     train_stage(_cfg(tmp_path / "ref", max_ticks=4), torch.device("cpu"), log=lambda *a: None)
     a = _weights(tmp_path / "ref/stage16/latest.safetensors")
     b = _weights(tmp_path / "k/stage16/latest.safetensors")
