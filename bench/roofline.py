@@ -43,7 +43,6 @@ def measure(device: torch.device, nbytes: int | None = None, reps: int = 10) -> 
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
     copy_s = _median_seconds(lambda: dst.copy_(src), device, reps)
-    del src, dst
     m = 8192 if device.type == "cuda" else 1024
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     a = torch.randn(m, m, device=device, dtype=dtype)

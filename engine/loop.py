@@ -9,7 +9,6 @@ atomically and a sample grid PNG. Re-running the same command resumes from lates
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import time
@@ -181,7 +180,3 @@ def train_stage(cfg: TrainConfig, device: torch.device, log=print) -> Progress:
     stats_out.close()
     st.close()
     return prog
-
-
-def copy_module(m: torch.nn.Module) -> torch.nn.Module:
-    return copy.deepcopy(m)

@@ -117,7 +117,6 @@ def _flrelu_kernel(
             last_y = o0y + T >= out_h
             last_x = o0x + T >= out_w
             own_y = (ss < T * D2) | last_y
-            own_x = (ss < T * D2) | last_x
             sh = (tl.arange(0, 4) * 2).to(tl.uint8)
             packed = tl.sum(code.to(tl.uint8).reshape(SP, SP // 4, 4) << sh[None, None, :], axis=2).to(tl.uint8)
             bx = s0x // 4 + tl.arange(0, SP // 4)

@@ -15,7 +15,6 @@ and an output with |y| >= clamp counts as clamped (zero gradient).
 
 from __future__ import annotations
 
-import torch
 
 from kernels import _args
 from kernels._dispatch import choose
