@@ -24,7 +24,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mirror", type=int, default=0, choices=(0, 1), help="add x-flipped copies")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cls-weight", type=float, default=0.0, help="classifier-guidance weight (superres stages)")
-    p.add_argument("--zero-stage", type=int, default=2, choices=(0, 1, 2, 3), help="DeepSpeed ZeRO stage")
+    p.add_argument("--zero-stage", type=int, default=None, choices=(0, 1, 2, 3),
+                   help="DeepSpeed ZeRO stage of the G and D engines (default: 3 for the 1024² stage, else 2)")
+    p.add_argument("--backend", default="deepspeed", choices=("deepspeed", "plain"),
+                   help="deepspeed: one engine per network; plain: torch.optim + all-reduce (debugging)")
+    p.add_argument("--d-precision", default="auto", choices=("auto", "fp32", "autocast_bf16"),
+                   help="D forward precision (auto: bf16 autocast on CUDA, fp32 on CPU)")
+    p.add_argument("--skip-bad", action="store_true", help="skip (and count) unreadable images instead of failing")
     p.add_argument("--resume", default=None, help="copy weights from this checkpoint (restarts the image counter)")
     p.add_argument("--stem", default=None, help="previous-stage checkpoint to grow from")
     p.add_argument("--d-weights", default="pretrained", choices=("pretrained", "random"),
@@ -44,7 +50,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         stage=args.stage, preset=args.preset, data=args.data, run_dir=args.outdir, cond=bool(args.cond),
         batch=args.batch, batch_gpu=args.batch_gpu, kimg=args.kimg, tick=args.tick, snap=args.snap,
-        mirror=bool(args.mirror), seed=args.seed, d_weights=args.d_weights,
+        mirror=bool(args.mirror), skip_bad=args.skip_bad, seed=args.seed, zero_stage=args.zero_stage,
+        backend=args.backend, d_precision=args.d_precision, d_weights=args.d_weights,
         d_backbones=tuple(b for b in args.d_backbones.split(",") if b), compile=bool(args.compile),
         stem=args.stem, resume=args.resume, max_ticks=args.max_ticks, workers=args.workers,
         optim=OptimConfig(), loss=dataclasses.replace(LossConfig(), cls_weight=args.cls_weight, reduction=args.reduction),

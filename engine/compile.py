@@ -5,12 +5,14 @@ from __future__ import annotations
 import torch
 
 
-def maybe_compile(module: torch.nn.Module, *, enabled: bool, device: torch.device):
-    """fullgraph compile on GPU when enabled; the uncompiled module otherwise.
+def maybe_compile(module: torch.nn.Module, *, enabled: bool, device: torch.device) -> torch.nn.Module:
+    """Compile `module`'s forward in place (fullgraph) on GPU when enabled; returns the module.
 
-    The caller keeps its handle to the uncompiled module for saving (no `_orig_mod.` keys) and for
-    the eager path-length phase (double backward does not compile).
+    In place (`nn.Module.compile`) rather than a wrapper: parameter names keep no `_orig_mod.`
+    prefix, so checkpoints, the DeepSpeed engines that wrap the module and the EMA see the same
+    names, and calls into submodules (the eager path-length phase: mapping, then synthesis with
+    double backward) stay uncompiled.
     """
-    if not enabled or device.type != "cuda":
-        return module
-    return torch.compile(module, fullgraph=True)
+    if enabled and device.type == "cuda":
+        module.compile(fullgraph=True)
+    return module

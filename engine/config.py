@@ -57,6 +57,7 @@ class TrainConfig:
     tick: float = 4.0  # status line every this many kimg
     snap: int = 50  # checkpoint + sample grid every this many ticks
     mirror: bool = False  # double the dataset with x-flips
+    skip_bad: bool = False  # drop (and count) unreadable images instead of failing on the first
     seed: int = 0
     ema_kimg: float | None = None  # EMA half-life in kimg; None = batch * 10 / 32 (SPEC 5.7)
     ema_rampup: float | None = 0.05  # EMA ramp-up ratio; None = off
@@ -67,6 +68,9 @@ class TrainConfig:
     resume: str | None = None  # explicit checkpoint to copy weights from (restarts the counter)
     max_ticks: int | None = None  # stop after this many ticks (tests)
     workers: int = 2  # data loader workers
+    backend: str = "deepspeed"  # "deepspeed" (one engine per network) or "plain" (torch.optim, debugging)
+    zero_stage: int | None = None  # DeepSpeed ZeRO stage of both engines; None = 3 at 1024², else 2
+    d_precision: str = "auto"  # D forward: "fp32", "autocast_bf16", or "auto" (bf16 autocast on CUDA)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
 
@@ -77,8 +81,21 @@ class TrainConfig:
             raise ValueError(f"batch ({self.batch}) must be a multiple of batch_gpu ({self.batch_gpu})")
         if self.d_weights not in ("pretrained", "random"):
             raise ValueError(f"d_weights must be 'pretrained' or 'random', got {self.d_weights!r}")
+        if self.backend not in ("deepspeed", "plain"):
+            raise ValueError(f"backend must be 'deepspeed' or 'plain', got {self.backend!r}")
+        if self.zero_stage not in (None, 0, 1, 2, 3):
+            raise ValueError(f"zero_stage must be 0-3 (or None for the stage's default), got {self.zero_stage!r}")
+        if self.d_precision not in ("auto", "fp32", "autocast_bf16"):
+            raise ValueError(f"d_precision must be auto, fp32 or autocast_bf16, got {self.d_precision!r}")
         if self.kimg <= 0 or self.tick <= 0 or self.snap < 1:
             raise ValueError("kimg and tick must be positive and snap >= 1")
+
+    def zero_stages(self, path_length_active: bool) -> dict[str, int]:
+        """ZeRO stage per network: the flag, else 3 for the 1024² stage and 2 below it. G stays at
+        <= 2 in a stage with path-length regularization (it calls G's submodules directly, which
+        ZeRO-3 only supports through the engine's forward)."""
+        z = self.zero_stage if self.zero_stage is not None else (3 if self.stage >= 1024 else 2)
+        return {"G": min(z, 2) if path_length_active else z, "D": z}
 
     @property
     def ema_half_life_img(self) -> float:

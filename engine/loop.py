@@ -1,157 +1,280 @@
-"""The training loop of one stage, top to bottom (single process; see engine/distributed.py).
+"""The training loop of one stage, top to bottom, on one or many ranks.
 
-Per iteration (SPEC 5.2): G-main on every chunk, path-length regularization every 4th
-iteration in the stem, G step; D-main (fakes with w_avg update, then reals, one combined loss
-per chunk), D step; EMA. Schedules count images. A tick prints a status line and appends to
-stats.jsonl; every `snap` ticks (and at the end) the loop writes latest.safetensors
-atomically and a sample grid PNG. Re-running the same command resumes from latest.
+Per iteration (SPEC 5.2), through the backend of engine/distributed.py (DeepSpeed engines, or
+plain PyTorch): G-main on every chunk with D frozen, path-length regularization every 4th
+iteration in the stem, G step; D-main (fakes with the w_avg update, then reals, one combined
+loss per chunk), D step; EMA. Schedules count images. A tick prints a status line and appends to
+stats.jsonl; every `snap` ticks (and at the end) the loop writes latest.safetensors atomically
+and a sample grid PNG. Re-running the same command resumes from latest.
+
+Several ranks (`deepspeed engine/train.py ...`): each rank reads its own shard of every global
+batch (batch / world images, in batch_gpu chunks), draws its own latents and labels (seed
+seed * world + rank, as the original), and the backend averages gradients. Networks are built
+identically on every rank (same seed). Checkpoints hold full tensors and every rank's RNG
+state; rank 0 writes them, all ranks read them. Buffers that the original keeps rank-local (D's
+BatchNorm statistics, G's w_avg, the path-length mean) are saved from rank 0.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from pathlib import Path
 
 import torch
+import torch.distributed as tdist
+import torch.nn.functional as F
+from tqdm import tqdm
 
 from engine import checkpoint
+from engine.compile import maybe_compile
 from engine.config import TrainConfig, to_dict
-from engine.ema import update_ema
 from engine.losses import blur, d_loss, g_loss, path_length_penalty
 from engine.samples import save_grid
 from engine.stages import build_stage, stage_dir
 from engine.stats import StatsWriter
+from engine.telemetry import Telemetry
+
+FORMAT = "stylegan-xl-engine/2"  # /2: optimizer state keyed by parameter name, per-rank RNG
 
 
 @dataclasses.dataclass(kw_only=True, slots=True)
 class Progress:
-    cur_nimg: int = 0  # images shown to D this stage
+    cur_nimg: int = 0  # images shown to D this stage (all ranks)
     cur_tick: int = 0
     batch_idx: int = 0  # iterations this stage
-    pl_mean: float = 0.0  # running path-length mean (stem)
+    pl_mean: float = 0.0  # running path-length mean (stem; rank 0's)
     best_metric: float | None = None
 
 
-def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
-    state = {"cpu": torch.get_rng_state()}
+def make_backend(cfg: TrainConfig, device: torch.device, path_length_active: bool):
+    """The backend the config asks for: DeepSpeed (per-network ZeRO stage) or plain PyTorch."""
+    from engine.distributed import DeepSpeedBackend, PlainBackend
+
+    d_precision = cfg.d_precision if cfg.d_precision != "auto" else (
+        "autocast_bf16" if device.type == "cuda" else "fp32")
+    precision = {"G": "fp32", "D": d_precision}  # G's compute dtype is GeneratorConfig.dtype
+    if cfg.backend == "plain":
+        return PlainBackend(device=device, precision=precision)
+    return DeepSpeedBackend(device=device, precision=precision, batch_gpu=cfg.batch_gpu,
+                            zero_stage=cfg.zero_stages(path_length_active))
+
+
+def _rng_state(device: torch.device) -> torch.Tensor:
+    state = torch.get_rng_state()
     if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
+        state = torch.cat([state, torch.cuda.get_rng_state(device)])
     return state
 
 
-def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"].to(torch.uint8).cpu())
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"].to(torch.uint8).cpu(), device)
+def _set_rng_state(state: torch.Tensor, device: torch.device) -> None:
+    state = state.to(torch.uint8).cpu()
+    n = torch.get_rng_state().numel()
+    torch.set_rng_state(state[:n])
+    if device.type == "cuda" and state.numel() > n:
+        torch.cuda.set_rng_state(state[n:], device)
 
 
-def save_checkpoint(path: Path, st, prog: Progress, cfg: TrainConfig, device) -> None:
-    opt_g, meta_g = checkpoint.optimizer_tensors(st.opt_g)
-    opt_d, meta_d = checkpoint.optimizer_tensors(st.opt_d)
-    parts = {"G": st.G.state_dict(), "G_ema": st.G_ema.state_dict(), "D": st.D.state_dict(), "opt_G": opt_g,
-             "opt_D": opt_d, "rng": _rng_state(device)}
-    meta = {"format": "stylegan-xl-engine/1", "config": to_dict(cfg), "arch": st.arch, "progress": dataclasses.asdict(prog),
-            "opt_G": meta_g, "opt_D": meta_d, "data": st.loader.state_dict(), "decisions": st.decisions}
-    checkpoint.save(path, parts, meta)
+def _all_rng_states(be, device) -> dict[str, torch.Tensor]:
+    """{"rank<r>": RNG state} of every rank (collective)."""
+    mine = _rng_state(device)
+    if be.world_size == 1:
+        return {"rank0": mine}
+    states = [None] * be.world_size
+    tdist.all_gather_object(states, mine)
+    return {f"rank{r}": s for r, s in enumerate(states)}
 
 
-def load_checkpoint(path: Path, st, device) -> Progress:
+def shared_digest(parts: dict[str, dict[str, torch.Tensor]], be) -> str:
+    """sha256 of everything every rank must hold identically: G and D parameters, the EMA and the
+    Adam moments. Buffers (BatchNorm statistics, w_avg) are rank-local by design and left out."""
+    h = hashlib.sha256()
+    names = {"G": [n for n, _ in be.g_module.named_parameters()], "D": [n for n, _ in be.d_module.named_parameters()]}
+    names["G_ema"] = names["G"]
+    for part in ("G", "D", "G_ema", "opt_G", "opt_D"):
+        for k in names.get(part) or sorted(parts[part]):
+            h.update(f"{part}/{k}".encode())
+            h.update(parts[part][k].detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_ranks_agree(parts: dict, be) -> list[str]:
+    """Every rank's shared_digest (collective); raises when ranks diverged (the original checks
+    DDP consistency at every snapshot as well)."""
+    mine = shared_digest(parts, be)
+    if be.world_size == 1:
+        return [mine]
+    digests = [None] * be.world_size
+    tdist.all_gather_object(digests, mine)
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"ranks hold different weights or optimizer state: {digests}")
+    return digests
+
+
+def save_checkpoint(paths: list[Path], be, st, prog: Progress, cfg: TrainConfig, device) -> None:
+    """Every rank calls (the state is gathered and compared); rank 0 writes each path atomically."""
+    parts = be.state_dicts()
+    digests = check_ranks_agree(parts, be)
+    parts["rng"] = _all_rng_states(be, device)
+    if not be.is_main:
+        return
+    meta = {"format": FORMAT, "config": to_dict(cfg), "arch": st.arch, "progress": dataclasses.asdict(prog),
+            "world_size": be.world_size, "rank_digests": digests, "data": st.loader.state_dict(),
+            "decisions": st.decisions}
+    for path in paths:
+        checkpoint.save(path, parts, meta)
+
+
+def load_checkpoint(path: Path, be, st, device) -> Progress:
     parts, meta = checkpoint.load(path)
     checkpoint.check_compatible(meta, st.arch, path)
-    st.G.load_state_dict(parts["G"])
-    st.G_ema.load_state_dict(parts["G_ema"])
-    st.D.load_state_dict(parts["D"])
-    checkpoint.load_optimizer(st.opt_g, parts.get("opt_G", {}), meta["opt_G"])
-    checkpoint.load_optimizer(st.opt_d, parts.get("opt_D", {}), meta["opt_D"])
-    _set_rng_state(parts["rng"], device)
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path} has format {meta.get('format')!r}; this engine reads {FORMAT!r}")
+    be.load_state_dicts({k: v for k, v in parts.items() if k != "rng"})
+    rng = parts["rng"].get(f"rank{be.rank}")
+    if rng is not None and meta.get("world_size") == be.world_size:
+        _set_rng_state(rng, device)
+    else:  # another world size: a fresh, deterministic stream per rank
+        torch.manual_seed(cfg_seed(meta["config"]["seed"], be) + meta["progress"]["cur_nimg"])
     st.loader.load_state_dict(meta["data"])
     return Progress(**meta["progress"])
 
 
-def _fake_labels(st, n: int, device) -> torch.Tensor | None:
-    """Fake labels follow the dataset's label histogram (SPEC 5.2)."""
-    if not st.c_dim:
-        return None
-    return torch.multinomial(st.label_probs, n, replacement=True).to(device)
+def cfg_seed(seed: int, be) -> int:
+    return seed * be.world_size + be.rank
+
+
+class _Status:
+    """Rank 0's progress bar and telemetry (no-ops on other ranks)."""
+
+    def __init__(self, cfg: TrainConfig, enabled: bool):
+        self.telemetry = Telemetry()
+        self.bar = tqdm(total=cfg.kimg, unit="kimg", desc=f"stage {cfg.stage}", dynamic_ncols=True,
+                        disable=not enabled)
+
+    def update(self, cur_nimg: int, losses: dict) -> None:
+        if self.bar.disable:
+            return
+        t = self.telemetry.read()
+        short = {k: f"{t[k]:.0f}" for k in ("gpu_mem_gb", "gpu_util_pct", "power_w") if k in t}
+        self.bar.update(min(cur_nimg / 1000, self.bar.total) - self.bar.n)
+        self.bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()} | short, refresh=False)
+
+    def read(self) -> dict:
+        out = self.telemetry.read()
+        if torch.cuda.is_available():
+            out["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        return out
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def train_stage(cfg: TrainConfig, device: torch.device, log=print) -> Progress:
-    """Train one stage to cfg.kimg (or cfg.max_ticks); resumes from the stage's latest checkpoint."""
+    """Train one stage to cfg.kimg (or cfg.max_ticks); resumes from the stage's latest checkpoint.
+
+    Run by every rank of a launcher (DeepSpeed sets RANK/WORLD_SIZE), or by one plain process.
+    """
+    from engine.distributed import init_distributed, launch_env
+
+    launch_env()
+    rank, world = init_distributed(device)
+    if cfg.batch % (cfg.batch_gpu * world):
+        raise ValueError(f"--batch {cfg.batch} must be a multiple of --batch-gpu {cfg.batch_gpu} x {world} ranks")
+    main = rank == 0
+    say = log if main else (lambda *a, **k: None)
     out = stage_dir(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    st = build_stage(cfg, device, log=log)
-    (out / "config.json").write_text(json.dumps({"train": to_dict(cfg), "arch": st.arch, "decisions": st.decisions}, indent=2))
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)  # identical networks on every rank
+    st = build_stage(cfg, device, rank, world, log=say)
+    pl_active = st.is_stem and cfg.loss.pl_weight > 0
+    be = make_backend(cfg, device, pl_active)
+    for net in (st.G, st.D):
+        maybe_compile(net, enabled=cfg.compile, device=device)
+    be.setup(st.G, st.D, cfg.optim)
+    G = be.g_module  # raw module: the path-length phase calls its submodules
+    if main:
+        ds = {n: be.config(n, cfg.optim) for n in ("G", "D")} if hasattr(be, "config") else None
+        (out / "config.json").write_text(json.dumps({"train": to_dict(cfg), "arch": st.arch, "decisions": st.decisions,
+                                                     "world_size": world, "deepspeed": ds}, indent=2))
+    torch.manual_seed(cfg_seed(cfg.seed, be))  # per-rank latents, labels and augmentations
     latest = out / "latest.safetensors"
-    prog = load_checkpoint(latest, st, device) if latest.exists() else Progress()
+    prog = load_checkpoint(latest, be, st, device) if latest.exists() else Progress()
     if prog.cur_nimg:
-        log(f"resuming {latest} at {prog.cur_nimg / 1000:.1f} kimg")
-    is_stem = cfg.stage == st.G.cfg.stem_res
+        say(f"resuming {latest} at {prog.cur_nimg / 1000:.1f} kimg")
     split = st.D.num_logits(cfg.stage)
-    rounds = cfg.batch // cfg.batch_gpu
+    rounds = cfg.batch // (cfg.batch_gpu * world)
     reduction = cfg.loss.reduction
     total_nimg = int(cfg.kimg * 1000)
     tick_start_nimg, tick_start_time, start_time = prog.cur_nimg, time.time(), time.time()
-    stats_out = StatsWriter(out)
-    grid_z = torch.randn(64, st.G.cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 1)).to(device)
+    stats_out = StatsWriter(out) if main else None
+    status = _Status(cfg, enabled=main)
+    grid_z = torch.randn(64, G.cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 1)).to(device)
     grid_c = (torch.arange(64) % st.c_dim).to(device) if st.c_dim else None
+    iterator = iter(st.loader)
+
+    def labels(n: int) -> torch.Tensor | None:
+        """Fake labels follow the dataset's label histogram (SPEC 5.2)."""
+        return torch.multinomial(st.label_probs, n, replacement=True).to(device) if st.c_dim else None
+
+    def onehot(c: torch.Tensor | None) -> torch.Tensor | None:
+        return None if c is None else F.one_hot(c, st.c_dim).float()
+
     losses = {}
     done = prog.cur_nimg >= total_nimg
     while not done:
         sigma = torch.tensor(cfg.blur_sigma(prog.cur_nimg), device=device)
-        reals, real_labels = next(st.iterator)
+        reals, real_labels = next(iterator)
         reals = reals.to(device).float() / 127.5 - 1
         real_c = real_labels.to(device) if st.c_dim else None
 
         # G-main: D frozen, gradients flow through its activations into G.
-        st.D.requires_grad_(False)
-        st.G.requires_grad_(True)
-        st.freeze_carried(st.G)
-        st.opt_g.zero_grad(set_to_none=True)
+        be.begin("G")
         for _ in range(rounds):
-            z = torch.randn(cfg.batch_gpu, st.G.cfg.z_dim, device=device)
-            c = _fake_labels(st, cfg.batch_gpu, device)
-            img = st.G_train(z, c)
-            loss = g_loss(st.D_train(blur(img, sigma), c), split, reduction)
+            z = torch.randn(cfg.batch_gpu, G.cfg.z_dim, device=device)
+            c = labels(cfg.batch_gpu)
+            img = be.forward("G", z, c)
+            loss = g_loss(be.forward("D", blur(img, sigma), onehot(c)), split, reduction)
             if st.guidance is not None:
-                loss = loss + cfg.loss.cls_weight * st.guidance(img, c)
-            loss.backward()
+                with be.autocast("D"):
+                    loss = loss + cfg.loss.cls_weight * st.guidance(img, onehot(c)).float()
+            be.backward("G", loss)
             losses["G"] = float(loss.detach())
-        if is_stem and cfg.loss.pl_weight > 0 and prog.cur_nimg >= cfg.loss.pl_start_kimg * 1000 \
-                and prog.batch_idx % cfg.optim.g_reg_interval == 0:
+        if pl_active and prog.cur_nimg >= cfg.loss.pl_start_kimg * 1000 and prog.batch_idx % cfg.optim.g_reg_interval == 0:
             n = max(cfg.batch_gpu // cfg.loss.pl_batch_shrink, 1)
             for _ in range(rounds):  # eager: double backward does not compile
-                z = torch.randn(n, st.G.cfg.z_dim, device=device)
-                ws = st.G.mapping(z, _fake_labels(st, n, device))
-                penalty, new_mean = path_length_penalty(st.G.synthesis, ws, torch.tensor(prog.pl_mean, device=device), cfg.loss.pl_decay)
+                z = torch.randn(n, G.cfg.z_dim, device=device)
+                ws = G.mapping(z, labels(n))
+                penalty, new_mean = path_length_penalty(G.synthesis, ws, torch.tensor(prog.pl_mean, device=device),
+                                                        cfg.loss.pl_decay)
                 prog.pl_mean = float(new_mean)
                 scale = cfg.loss.pl_weight * (cfg.optim.g_reg_interval if cfg.loss.pl_times_interval else 1)
-                (penalty.mean() * scale).backward()
+                be.backward("G", penalty.mean() * scale)
                 losses["pl"] = float(penalty.mean().detach())
-        st.opt_g.step()
+        be.step("G")
 
         # D-main: fakes (with the w_avg update, no G gradient), then reals; one backward per chunk.
-        st.G.requires_grad_(False)
-        st.D.requires_grad_(True)
-        st.opt_d.zero_grad(set_to_none=True)
+        be.begin("D")
         for r in range(rounds):
-            z = torch.randn(cfg.batch_gpu, st.G.cfg.z_dim, device=device)
-            c = _fake_labels(st, cfg.batch_gpu, device)
+            z = torch.randn(cfg.batch_gpu, G.cfg.z_dim, device=device)
+            c = labels(cfg.batch_gpu)
             with torch.no_grad():
-                fake = st.G_train(z, c, update_w_avg=True)
+                fake = be.forward("G", z, c, update_w_avg=True)
             chunk = slice(r * cfg.batch_gpu, (r + 1) * cfg.batch_gpu)
-            rc = real_c[chunk] if real_c is not None else None
-            loss = d_loss(st.D_train(blur(fake, sigma), c), st.D_train(blur(reals[chunk], sigma), rc), split, reduction)
-            loss.backward()
+            rc = onehot(real_c[chunk]) if real_c is not None else None
+            loss = d_loss(be.forward("D", blur(fake, sigma), onehot(c)), be.forward("D", blur(reals[chunk], sigma), rc),
+                          split, reduction)
+            be.backward("D", loss)
             losses["D"] = float(loss.detach())
-        st.opt_d.step()
+        be.step("D")
 
-        update_ema(st.G_ema, st.G, cfg.ema_beta(prog.cur_nimg))
+        be.update_ema(cfg.ema_beta(prog.cur_nimg))
         prog.cur_nimg += cfg.batch
         prog.batch_idx += 1
-        st.progress_bar(prog.cur_nimg, losses)
+        status.update(prog.cur_nimg, losses)
         done = prog.cur_nimg >= total_nimg
         if not done and prog.cur_nimg < tick_start_nimg + cfg.tick * 1000:
             continue
@@ -162,21 +285,29 @@ def train_stage(cfg: TrainConfig, device: torch.device, log=print) -> Progress:
         sec_per_kimg = (now - tick_start_time) / max((prog.cur_nimg - tick_start_nimg) / 1000, 1e-8)
         stats = {"tick": prog.cur_tick, "kimg": prog.cur_nimg / 1000, "sec_per_kimg": sec_per_kimg,
                  "img_per_sec": 1000 / sec_per_kimg, "total_sec": now - start_time, "blur_sigma": float(sigma),
-                 **{f"loss_{k}": v for k, v in losses.items()}, **st.telemetry()}
-        stats_out.write(stats)
-        log("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items()))
+                 **{f"loss_{k}": v for k, v in losses.items()}, **status.read()}
+        if main:
+            stats_out.write(stats)
+            say("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items()))
         tick_start_nimg, tick_start_time = prog.cur_nimg, now
         if cfg.max_ticks is not None and prog.cur_tick >= cfg.max_ticks:
             done = True
         if done or prog.cur_tick % cfg.snap == 0:
-            with torch.no_grad():
-                grid = torch.cat([st.G_ema(grid_z[i:i + 16], None if grid_c is None else grid_c[i:i + 16])
-                                  for i in range(0, 64, 16)])
-            save_grid(grid, out / f"samples_{prog.cur_nimg / 1000:09.3f}kimg.png")
-            stats_out.plot()
-            save_checkpoint(latest, st, prog, cfg, device)
+            g_ema = be.ema_module()  # collective under ZeRO-3
+            if main:
+                with torch.no_grad():
+                    grid = torch.cat([g_ema(grid_z[i:i + 16], None if grid_c is None else grid_c[i:i + 16])
+                                      for i in range(0, 64, 16)])
+                save_grid(grid, out / f"samples_{prog.cur_nimg / 1000:09.3f}kimg.png")
+                stats_out.plot()
+            del g_ema
+            paths = [latest]
             if prog.best_metric is None:  # no metric yet: the latest snapshot is also the best
-                save_checkpoint(out / "best.safetensors", st, prog, cfg, device)
-    stats_out.close()
-    st.close()
+                paths.append(out / "best.safetensors")
+            save_checkpoint(paths, be, st, prog, cfg, device)
+    if main:
+        stats_out.close()
+    status.close()
+    st.loader.close()
+    be.close()
     return prog

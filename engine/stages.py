@@ -8,18 +8,13 @@ config.json. A stage above the stem grows from <run_dir>/stage<R/2>/best (else l
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from tqdm import tqdm
 
 from engine import checkpoint
-from engine.compile import maybe_compile
 from engine.config import TrainConfig
-from engine.telemetry import Telemetry
 from model.config import PRESETS, GeneratorConfig
 from model.discriminator import ProjectedDiscriminator
 from model.generator import Generator, build_generator, freeze_carried, grow
@@ -50,7 +45,7 @@ def open_training_data(cfg: TrainConfig, device: torch.device, rank: int = 0, wo
     from engine.data import DatasetSpec, make_loader, open_dataset
 
     dataset = open_dataset(DatasetSpec(resolution=cfg.stage, path=cfg.data, cond=cfg.cond, mirror=cfg.mirror,
-                                       seed=cfg.seed), min_images=cfg.batch)
+                                       seed=cfg.seed, skip_bad=cfg.skip_bad), min_images=cfg.batch)
     loader = make_loader(dataset, batch_size=cfg.batch // world_size, rank=rank, world_size=world_size, seed=cfg.seed,
                          device=device, num_workers=cfg.workers)
     c_dim = dataset.c_dim if cfg.cond else 0
@@ -68,59 +63,28 @@ def _load_generator(path: Path, device) -> Generator:
 
 @dataclasses.dataclass(kw_only=True)
 class Stage:
-    G: Generator
-    G_ema: Generator
-    D: ProjectedDiscriminator
-    G_train: torch.nn.Module  # G, compiled when enabled (saving uses G)
-    D_train: torch.nn.Module
-    opt_g: torch.optim.Optimizer
-    opt_d: torch.optim.Optimizer
+    """What one stage trains, before the backend takes it over (engine/loop.py)."""
+
+    G: Generator  # requires_grad marks what trains (carried layers frozen)
+    D: ProjectedDiscriminator  # heads trainable, feature networks frozen
     dataset: object
     loader: object
-    iterator: object
     c_dim: int
     label_probs: torch.Tensor | None
-    guidance: object | None
+    guidance: torch.nn.Module | None  # frozen classifier, one-hot labels
     arch: dict
     decisions: dict
-    bar: tqdm
-    telemetry_: Telemetry
-
-    def freeze_carried(self, g: Generator) -> None:
-        freeze_carried(g)
-
-    def progress_bar(self, cur_nimg: int, losses: dict) -> None:
-        self.bar.update(min(cur_nimg / 1000, self.bar.total) - self.bar.n)
-        self.bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()} | self.telemetry_short(), refresh=False)
-
-    def telemetry(self) -> dict:
-        out = self.telemetry_.read()
-        if torch.cuda.is_available():
-            out["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
-        return out
-
-    def telemetry_short(self) -> dict:
-        t = self.telemetry_.read()
-        return {k: f"{t[k]:.0f}" for k in ("gpu_mem_gb", "gpu_util_pct", "power_w") if k in t}
-
-    def close(self) -> None:
-        self.bar.close()
+    is_stem: bool
 
 
-class _LabelsToOneHot(torch.nn.Module):
-    """D and guidance take one-hot labels; the loop samples integer labels."""
-
-    def __init__(self, module, c_dim: int):
-        super().__init__()
-        self.module, self.c_dim = module, c_dim
-
-    def forward(self, img, c):
-        return self.module(img, None if c is None or not self.c_dim else F.one_hot(c, self.c_dim).float())
-
-
-def build_stage(cfg: TrainConfig, device: torch.device, log=print) -> Stage:
-    dataset, loader, iterator, c_dim, label_probs = open_training_data(cfg, device)
-    if cfg.stage == PRESETS[cfg.preset](cfg.stage).stem_res:
+def build_stage(cfg: TrainConfig, device: torch.device, rank: int = 0, world_size: int = 1, log=print) -> Stage:
+    """Data (this rank's shard), G (new stem, or grown from the previous stage), a fresh D and the
+    guidance classifier. Every rank builds identical networks: call under the same seed."""
+    dataset, loader, _, c_dim, label_probs = open_training_data(cfg, device, rank, world_size)
+    if getattr(dataset, "num_skipped", 0):
+        log(f"skipped {dataset.num_skipped} unreadable images (--skip-bad), e.g. {list(dataset.skipped_files)[:3]}")
+    stem_res = PRESETS[cfg.preset](cfg.stage).stem_res
+    if cfg.stage == stem_res:
         G = build_generator(cfg.preset, cfg.stage, c_dim).to(device)
         source = None
     else:
@@ -137,29 +101,18 @@ def build_stage(cfg: TrainConfig, device: torch.device, log=print) -> Stage:
         parts, meta = checkpoint.load(cfg.resume)
         checkpoint.check_compatible(meta, {"G": dataclasses.asdict(G.cfg)}, cfg.resume)
         G.load_state_dict(parts["G"])
-    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     D = ProjectedDiscriminator(cfg.d_backbones, c_dim, weights=cfg.d_weights).to(device)
     freeze_carried(G)
-    opt_g = torch.optim.Adam([p for p in G.parameters() if p.requires_grad], **cfg.optim.adam("G"),
-                             fused=device.type == "cuda")
-    opt_d = torch.optim.Adam([p for p in D.parameters() if p.requires_grad], **cfg.optim.adam("D"),
-                             fused=device.type == "cuda")
     guidance = None
     if cfg.loss.cls_weight > 0 and c_dim and cfg.stage > G.cfg.stem_res:
         from model.guidance import ClassifierGuidance
 
-        guidance = _LabelsToOneHot(ClassifierGuidance(weights=cfg.d_weights).to(device), c_dim)
+        guidance = ClassifierGuidance(weights=cfg.d_weights).to(device).requires_grad_(False)
     arch = {"G": dataclasses.asdict(G.cfg), "D": {"backbones": list(cfg.d_backbones), "c_dim": c_dim}, "stage": cfg.stage}
     decisions = {
         "D1_train_input": G.cfg.train_input, "D2_reduction": cfg.loss.reduction,
         "D3_class_table": "random N(0,1) (no pretrained lite0 features)" if cfg.d_weights == "random" else "random N(0,1)",
         "D4_pl_times_interval": cfg.loss.pl_times_interval, "grown_from": None if source is None else str(source),
     }
-    return Stage(
-        G=G, G_ema=G_ema, D=D, G_train=maybe_compile(G, enabled=cfg.compile, device=device),
-        D_train=_LabelsToOneHot(maybe_compile(D, enabled=cfg.compile, device=device), c_dim),
-        opt_g=opt_g, opt_d=opt_d, dataset=dataset, loader=loader, iterator=iterator, c_dim=c_dim,
-        label_probs=label_probs, guidance=guidance, arch=arch, decisions=decisions,
-        bar=tqdm(total=cfg.kimg, unit="kimg", desc=f"stage {cfg.stage}", dynamic_ncols=True, leave=True),
-        telemetry_=Telemetry(),
-    )
+    return Stage(G=G, D=D, dataset=dataset, loader=loader, c_dim=c_dim, label_probs=label_probs, guidance=guidance,
+                 arch=arch, decisions=decisions, is_stem=cfg.stage == stem_res)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
@@ -23,6 +24,8 @@ from engine.config import to_dict  # noqa: E402
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    # DeepSpeed's ZeRO internals call the old collective names; the warning is not ours to fix.
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     try:
         cfg = config_from_args(args)
     except ValueError as e:

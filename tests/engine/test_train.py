@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -33,7 +32,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_train_snapshot_grow(tmp_path):
-    prog = train_stage(_cfg(tmp_path, max_ticks=2), torch.device("cpu"), log=lambda *a: None)
+    prog = train_stage(_cfg(tmp_path, max_ticks=2, backend="plain"), torch.device("cpu"), log=lambda *a: None)
     out = tmp_path / "stage16"
     assert prog.cur_tick == 2 and prog.cur_nimg == 16  # 2 iterations of 4 images per 8-image tick
     assert (out / "latest.safetensors").exists() and (out / "best.safetensors").exists()
@@ -46,7 +45,7 @@ def test_train_snapshot_grow(tmp_path):
     assert meta["progress"]["cur_nimg"] == 16 and meta["decisions"]["D2_reduction"] == "sum"
 
     # Growing 16 -> 32 from the stem's checkpoint: kept layers equal the stem's G_ema.
-    train_stage(_cfg(tmp_path, stage=32, max_ticks=1), torch.device("cpu"), log=lambda *a: None)
+    train_stage(_cfg(tmp_path, stage=32, max_ticks=1, backend="plain"), torch.device("cpu"), log=lambda *a: None)
     stem = _weights(out / "best.safetensors")
     grown = _weights(tmp_path / "stage32" / "latest.safetensors")
     kept = [k for k in grown if k.startswith("G/synthesis.layers.L0_")]
@@ -61,11 +60,11 @@ def test_missing_previous_stage_is_a_clear_error(tmp_path):
         train_stage(_cfg(tmp_path, stage=64, max_ticks=1), torch.device("cpu"), log=lambda *a: None)
 
 
-def test_resume_is_exact(tmp_path):
-    """2 ticks, stop, rerun to 4 ticks == 4 ticks uninterrupted, bit for bit."""
-    train_stage(_cfg(tmp_path / "a", max_ticks=4), torch.device("cpu"), log=lambda *a: None)
-    train_stage(_cfg(tmp_path / "b", max_ticks=2), torch.device("cpu"), log=lambda *a: None)
-    train_stage(_cfg(tmp_path / "b", max_ticks=4), torch.device("cpu"), log=lambda *a: None)
+@pytest.mark.parametrize("backend", ["plain", "deepspeed"])
+def test_resume_is_exact(tmp_path, backend):
+    """2 ticks, stop, rerun to 4 ticks == 4 ticks uninterrupted, bit for bit (DeepSpeed: ZeRO-2)."""
+    for run, ticks in (("a", 4), ("b", 2), ("b", 4)):
+        train_stage(_cfg(tmp_path / run, max_ticks=ticks, backend=backend), torch.device("cpu"), log=lambda *a: None)
     a = _weights(tmp_path / "a/stage16/latest.safetensors")
     b = _weights(tmp_path / "b/stage16/latest.safetensors")
     assert a.keys() == b.keys()
@@ -79,7 +78,9 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
             "--batch", "4", "--batch-gpu", "2", "--tick", "0.008", "--snap", "1", "--kimg", "1", "--max-ticks", "4",
             "--d-backbones", "tf_efficientnet_lite0", "--d-weights", "random", "--compile", "0", "--workers", "0",
             "--seed", "3"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    # A fresh process group for the child: drop the launcher variables earlier in-process runs set.
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env["PYTHONPATH"] = str(ROOT)
     log = tmp_path / "killed_run.log"
     with open(log, "wb") as f:
         proc = subprocess.Popen(args, env=env, stdout=f, stderr=subprocess.STDOUT)
