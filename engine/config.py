@@ -70,6 +70,8 @@ class TrainConfig:
     workers: int = 2  # data loader workers
     backend: str = "deepspeed"  # "deepspeed" (one engine per network) or "plain" (torch.optim, debugging)
     zero_stage: int | None = None  # DeepSpeed ZeRO stage of both engines; None = 3 at 1024², else 2
+    class_init: str = "auto"  # D3: "lite0" class means, "random" N(0,1), "auto" (lite0 with pretrained D)
+    class_init_images: int = 64  # images per class averaged for the lite0 class table
     d_precision: str = "auto"  # D forward: "fp32", "autocast_bf16", or "auto" (bf16 autocast on CUDA)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
@@ -85,6 +87,8 @@ class TrainConfig:
             raise ValueError(f"backend must be 'deepspeed' or 'plain', got {self.backend!r}")
         if self.zero_stage not in (None, 0, 1, 2, 3):
             raise ValueError(f"zero_stage must be 0-3 (or None for the stage's default), got {self.zero_stage!r}")
+        if self.class_init not in ("auto", "lite0", "random"):
+            raise ValueError(f"class_init must be auto, lite0 or random, got {self.class_init!r}")
         if self.d_precision not in ("auto", "fp32", "autocast_bf16"):
             raise ValueError(f"d_precision must be auto, fp32 or autocast_bf16, got {self.d_precision!r}")
         if self.kimg <= 0 or self.tick <= 0 or self.snap < 1:

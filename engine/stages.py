@@ -9,6 +9,7 @@ config.json. A stage above the stem grows from <run_dir>/stage<R/2>/best (else l
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import torch
@@ -61,6 +62,32 @@ def _load_generator(path: Path, device) -> Generator:
     return g
 
 
+def class_table(cfg: TrainConfig, dataset, device: torch.device, log=print) -> tuple[torch.Tensor | None, str]:
+    """(initial class table or None for N(0, 1), what was chosen) for G's mapping (stem) and D's
+    heads (every stage). Computed once per run from the data and kept in
+    <run_dir>/class_table.safetensors (engine/class_table.py)."""
+    use = cfg.class_init == "lite0" or (cfg.class_init == "auto" and cfg.d_weights != "random")
+    if not use:
+        return None, "random N(0,1)" + (" (random feature networks)" if cfg.class_init == "auto" else "")
+    from safetensors.torch import load_file, save_file
+
+    from engine.class_table import class_table_from_data
+
+    path = Path(cfg.run_dir) / "class_table.safetensors"
+    if path.exists():
+        table = load_file(str(path))["table"]
+        if table.shape[0] < dataset.c_dim:
+            raise ValueError(f"{path} has {table.shape[0]} rows but the data has {dataset.c_dim} classes")
+    else:
+        table = class_table_from_data(dataset, cfg.d_weights, device, per_class=cfg.class_init_images, seed=cfg.seed)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"table": table.contiguous()}, str(tmp))
+        os.replace(tmp, path)  # every rank computes the same table; any one of them may write it
+        log(f"class table: per-class mean lite0 features of {dataset.name} -> {path}")
+    return table.to(device), f"lite0 class means ({path.name})"
+
+
 @dataclasses.dataclass(kw_only=True)
 class Stage:
     """What one stage trains, before the backend takes it over (engine/loop.py)."""
@@ -84,8 +111,9 @@ def build_stage(cfg: TrainConfig, device: torch.device, rank: int = 0, world_siz
     if getattr(dataset, "num_skipped", 0):
         log(f"skipped {dataset.num_skipped} unreadable images (--skip-bad), e.g. {list(dataset.skipped_files)[:3]}")
     stem_res = PRESETS[cfg.preset](cfg.stage).stem_res
+    table, d3 = class_table(cfg, dataset, device, log) if c_dim else (None, "unconditional")
     if cfg.stage == stem_res:
-        G = build_generator(cfg.preset, cfg.stage, c_dim).to(device)
+        G = build_generator(cfg.preset, cfg.stage, c_dim, class_embeddings=table).to(device)
         source = None
     else:
         source = previous_checkpoint(cfg)
@@ -101,7 +129,8 @@ def build_stage(cfg: TrainConfig, device: torch.device, rank: int = 0, world_siz
         parts, meta = checkpoint.load(cfg.resume)
         checkpoint.check_compatible(meta, {"G": dataclasses.asdict(G.cfg)}, cfg.resume)
         G.load_state_dict(parts["G"])
-    D = ProjectedDiscriminator(cfg.d_backbones, c_dim, weights=cfg.d_weights).to(device)
+    D = ProjectedDiscriminator(cfg.d_backbones, c_dim, weights=cfg.d_weights, class_table=table,
+                               embed_classes=max(1000, c_dim)).to(device)
     freeze_carried(G)
     guidance = None
     if cfg.loss.cls_weight > 0 and c_dim and cfg.stage > G.cfg.stem_res:
@@ -111,7 +140,7 @@ def build_stage(cfg: TrainConfig, device: torch.device, rank: int = 0, world_siz
     arch = {"G": dataclasses.asdict(G.cfg), "D": {"backbones": list(cfg.d_backbones), "c_dim": c_dim}, "stage": cfg.stage}
     decisions = {
         "D1_train_input": G.cfg.train_input, "D2_reduction": cfg.loss.reduction,
-        "D3_class_table": "random N(0,1) (no pretrained lite0 features)" if cfg.d_weights == "random" else "random N(0,1)",
+        "D3_class_table": d3,
         "D4_pl_times_interval": cfg.loss.pl_times_interval, "grown_from": None if source is None else str(source),
     }
     return Stage(G=G, D=D, dataset=dataset, loader=loader, c_dim=c_dim, label_probs=label_probs, guidance=guidance,
