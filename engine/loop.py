@@ -122,7 +122,7 @@ def save_checkpoint(paths: list[Path], be, st, prog: Progress, cfg: TrainConfig,
         return
     meta = {"format": FORMAT, "config": to_dict(cfg), "arch": st.arch, "progress": dataclasses.asdict(prog),
             "world_size": be.world_size, "rank_digests": digests, "data": st.loader.state_dict(),
-            "decisions": st.decisions}
+            "decisions": st.decisions, "class_names": list(st.dataset.class_names)}
     for path in paths:
         checkpoint.save(path, parts, meta)
 
