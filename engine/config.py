@@ -70,6 +70,7 @@ class TrainConfig:
     workers: int = 2  # data loader workers
     backend: str = "deepspeed"  # "deepspeed" (one engine per network) or "plain" (torch.optim, debugging)
     zero_stage: int | None = None  # DeepSpeed ZeRO stage of both engines; None = 3 at 1024², else 2
+    metrics: tuple[str, ...] = ()  # computed at every snapshot (engine/metrics.py); the first picks `best`
     class_init: str = "auto"  # D3: "lite0" class means, "random" N(0,1), "auto" (lite0 with pretrained D)
     class_init_images: int = 64  # images per class averaged for the lite0 class table
     d_precision: str = "auto"  # D forward: "fp32", "autocast_bf16", or "auto" (bf16 autocast on CUDA)
@@ -126,5 +127,6 @@ def from_dict(d: dict) -> TrainConfig:
     d["optim"] = OptimConfig(**d.get("optim", {}))
     d["loss"] = LossConfig(**d.get("loss", {}))
     d["d_backbones"] = tuple(d.get("d_backbones", ()))
+    d["metrics"] = tuple(d.get("metrics", ()))
     return TrainConfig(**d)
 

@@ -146,6 +146,28 @@ def cfg_seed(seed: int, be) -> int:
     return seed * be.world_size + be.rank
 
 
+def metric_detectors(cfg: TrainConfig) -> dict:
+    """The feature network of every requested metric, built before training starts so that an
+    unknown metric or missing Inception/VGG16 weights fail now, not at the first snapshot."""
+    from engine.metrics import metric_detector
+
+    return {name: metric_detector(name) for name in cfg.metrics}
+
+
+def run_metrics(cfg: TrainConfig, g_ema, st, detectors: dict, device, rank: int, world: int,
+                progress: bool) -> dict[str, float]:
+    """cfg.metrics of the EMA generator against the stage's dataset (no x-flip), generation split
+    over the ranks; the same values on every rank. Dataset statistics are cached by content hash
+    (engine/metrics.py; $SGXL_METRICS_CACHE or ~/.cache/stylegan_xl_engine/metrics)."""
+    from engine.metrics import compute_metric
+
+    results = {}
+    for name in cfg.metrics:
+        results.update(compute_metric(name, g_ema, st.dataset.spec, detector=detectors[name], device=device, rank=rank,
+                                      world_size=world, seed=cfg.seed, progress=progress))
+    return results
+
+
 class _Status:
     """Rank 0's progress bar and telemetry (no-ops on other ranks)."""
 
@@ -189,6 +211,7 @@ def train_stage(cfg: TrainConfig, device: torch.device, log=print) -> Progress:
     if main:
         out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)  # identical networks on every rank
+    detectors = metric_detectors(cfg) if cfg.metrics else {}
     st = build_stage(cfg, device, rank, world, log=say)
     pl_active = st.is_stem and cfg.loss.pl_weight > 0
     be = make_backend(cfg, device, pl_active)
@@ -279,30 +302,43 @@ def train_stage(cfg: TrainConfig, device: torch.device, log=print) -> Progress:
         if not done and prog.cur_nimg < tick_start_nimg + cfg.tick * 1000:
             continue
 
-        # Tick: status line, stats, and every `snap` ticks a checkpoint and a sample grid.
+        # Tick: status line, stats, and every `snap` ticks a sample grid, the metrics and a checkpoint.
         prog.cur_tick += 1
         now = time.time()
         sec_per_kimg = (now - tick_start_time) / max((prog.cur_nimg - tick_start_nimg) / 1000, 1e-8)
         stats = {"tick": prog.cur_tick, "kimg": prog.cur_nimg / 1000, "sec_per_kimg": sec_per_kimg,
                  "img_per_sec": 1000 / sec_per_kimg, "total_sec": now - start_time, "blur_sigma": float(sigma),
                  **{f"loss_{k}": v for k, v in losses.items()}, **status.read()}
-        if main:
-            stats_out.write(stats)
-            say("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items()))
-        tick_start_nimg, tick_start_time = prog.cur_nimg, now
         if cfg.max_ticks is not None and prog.cur_tick >= cfg.max_ticks:
             done = True
-        if done or prog.cur_tick % cfg.snap == 0:
+        snapshot = done or prog.cur_tick % cfg.snap == 0
+        is_best = False
+        if snapshot:
             g_ema = be.ema_module()  # collective under ZeRO-3
             if main:
                 with torch.no_grad():
                     grid = torch.cat([g_ema(grid_z[i:i + 16], None if grid_c is None else grid_c[i:i + 16])
                                       for i in range(0, 64, 16)])
                 save_grid(grid, out / f"samples_{prog.cur_nimg / 1000:09.3f}kimg.png")
-                stats_out.plot()
+            if cfg.metrics:
+                t0 = time.time()
+                results = run_metrics(cfg, g_ema, st, detectors, device, rank, world, progress=main)
+                stats.update({f"metric_{k}": v for k, v in results.items()}, metric_sec=time.time() - t0)
+                key = next(iter(results))  # the first metric picks `best`
+                from engine.metrics import is_better
+
+                if is_better(key, results[key], prog.best_metric):
+                    prog.best_metric, is_best = results[key], True
             del g_ema
+        if main:
+            stats_out.write(stats)
+            say("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items()))
+            if snapshot:
+                stats_out.plot()
+        tick_start_nimg, tick_start_time = prog.cur_nimg, time.time()
+        if snapshot:
             paths = [latest]
-            if prog.best_metric is None:  # no metric yet: the latest snapshot is also the best
+            if is_best or not cfg.metrics:  # without metrics, the latest snapshot is also the best
                 paths.append(out / "best.safetensors")
             save_checkpoint(paths, be, st, prog, cfg, device)
     if main:

@@ -61,6 +61,7 @@ class MetricSpec:
     num_gen: int  # generated images
     max_real: int | None = None  # real images for KID/PR features (None = all); FID moments always use all
     k: int = 3  # precision/recall neighbourhood size
+    size: int | None = None  # detector input side; None = the protocol's (299 Inception, 224 VGG16)
 
 
 METRICS = {
@@ -69,6 +70,9 @@ METRICS = {
     "rfid50k_full": MetricSpec(kind="fid", detector="inception_random", num_gen=50_000),
     "rfid10k_full": MetricSpec(kind="fid", detector="inception_random", num_gen=10_000),
     "rfid5k_full": MetricSpec(kind="fid", detector="inception_random", num_gen=5_000),
+    # CPU-sized rFID for the quick start: 1k generated images, the random Inception at 128 px.
+    # A trend within one run, comparable only with itself (not with the protocol's rFID).
+    "rfid1k_128": MetricSpec(kind="fid", detector="inception_random", num_gen=1_000, size=128),
     "kid50k_full": MetricSpec(kind="kid", detector="inception", num_gen=50_000, max_real=1_000_000),
     "pr50k3_full": MetricSpec(kind="pr", detector="vgg16", num_gen=50_000, max_real=200_000, k=3),
 }
@@ -416,6 +420,7 @@ def metric_detector(name: str, *, inception_weights=None, vgg16_weights=None, rf
                     size: int | None = None) -> inception.FeatureDetector:
     """The detector of metric `name` (CPU). size overrides its input side (quick tests only)."""
     spec = _spec(name)
+    size = size or spec.size
     sized = {} if size is None else {"size": size}
     if spec.detector == "inception_random":
         return inception.inception_v3("random", seed=rfid_seed, **sized)

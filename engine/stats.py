@@ -33,7 +33,8 @@ class StatsWriter:
             self.tb.flush()
 
     def plot(self, path: Path | None = None) -> Path | None:
-        """Loss curves (every loss_* column of stats.jsonl against kimg) as a PNG."""
+        """Loss curves (every loss_* column of stats.jsonl against kimg) as a PNG, with a second
+        panel for the metric_* columns when metrics ran."""
         try:
             import matplotlib
 
@@ -42,18 +43,21 @@ class StatsWriter:
         except ImportError:
             return None
         rows = [json.loads(line) for line in (self.out_dir / "stats.jsonl").read_text().splitlines() if line.strip()]
-        keys = sorted({k for r in rows for k in r if k.startswith("loss_")})
+        groups = [(prefix, sorted({k for r in rows for k in r if k.startswith(prefix)})) for prefix in ("loss_", "metric_")]
+        groups = [groups[0]] + [g for g in groups[1:] if g[1]]
         path = Path(path or self.out_dir / "losses.png")
-        fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-        for key in keys:
-            pts = [(r["kimg"], r[key]) for r in rows if key in r]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=key[5:], marker="o" if len(pts) < 20 else None)
-        ax.set_xlabel("kimg")
-        ax.set_ylabel("loss")
-        ax.set_title(f"training losses ({self.out_dir.name})")
-        ax.grid(alpha=0.3)
-        if keys:
-            ax.legend()
+        fig, axes = plt.subplots(len(groups), 1, figsize=(7, 4 * len(groups)), dpi=100, squeeze=False)
+        for ax, (prefix, keys) in zip(axes[:, 0], groups):
+            for key in keys:
+                pts = [(r["kimg"], r[key]) for r in rows if key in r]
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], label=key[len(prefix):],
+                        marker="o" if len(pts) < 20 else None)
+            ax.set_xlabel("kimg")
+            ax.set_ylabel(prefix.rstrip("_"))
+            ax.set_title(f"{'training losses' if prefix == 'loss_' else 'metrics'} ({self.out_dir.name})")
+            ax.grid(alpha=0.3)
+            if keys:
+                ax.legend()
         fig.tight_layout()
         tmp = path.with_name(f".{path.name}.tmp")
         fig.savefig(tmp, format="png")
