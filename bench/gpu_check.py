@@ -1,6 +1,9 @@
 """One call on a lent GPU: every kernel test (GPU-marked ones included) and the kernel benchmarks.
 
-    python bench/gpu_check.py --out DIR
+    python bench/gpu_check.py --out DIR                                  # tests + kernel benchmarks
+    python bench/gpu_check.py --out DIR2 --skip-tests --suites model --bench-timeout 280
+        # second call: per-layer profile, training throughput, inference latency (then
+        # python bench/report.py on DIR2's bench_inference.json prints the paper's Table 3 beside ours)
 
 Installs nothing (the GPU machine has no network) and runs on its preinstalled torch and
 triton. Writes DIR/summary.json (device, driver, versions, pass/fail counts, per-benchmark
@@ -100,13 +103,21 @@ def main() -> int:
     ap.add_argument("--out", type=Path, required=True, help="folder for the reports")
     ap.add_argument("--test-timeout", type=int, default=180, help="seconds for the test run")
     ap.add_argument("--bench-timeout", type=int, default=95, help="seconds for each benchmark suite")
+    ap.add_argument("--suites", default="kernels", help="comma list: kernels (bench/kernels/bench_*.py), model "
+                    "(bench/bench_*.py: per-layer profile, training throughput, inference latency)")
+    ap.add_argument("--skip-tests", action="store_true", help="benchmarks only (a second call on the same machine)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     py = sys.executable
-    rc_tests = _run([py, "-m", "pytest", "tests/kernels", "-q", "-p", "no:cacheprovider",
-                     f"--junitxml={args.out / 'tests.xml'}"], args.test_timeout)
+    rc_tests = 0 if args.skip_tests else _run([py, "-m", "pytest", "tests/kernels", "-q", "-p", "no:cacheprovider",
+                                               f"--junitxml={args.out / 'tests.xml'}"], args.test_timeout)
     rc_bench, rows = {}, []
-    for path in sorted((ROOT / "bench/kernels").glob("bench_*.py")):
+    folders = {"kernels": ROOT / "bench/kernels", "model": ROOT / "bench"}
+    unknown = set(args.suites.split(",")) - set(folders)
+    if unknown:
+        ap.error(f"unknown suites {sorted(unknown)}; choose from {sorted(folders)}")
+    paths = [p for name in args.suites.split(",") for p in sorted(folders[name].glob("bench_*.py"))]
+    for path in paths:
         out = args.out / f"{path.stem}.json"  # one file per suite: a timeout loses only that suite
         rc_bench[path.stem] = _run([py, "-m", "pytest", str(path.relative_to(ROOT)), "--benchmark-only", "-q",
                                     "-p", "no:cacheprovider", f"--benchmark-json={out}"], args.bench_timeout)
