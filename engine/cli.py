@@ -30,6 +30,8 @@ def parser() -> argparse.ArgumentParser:
                    help="deepspeed: one engine per network; plain: torch.optim + all-reduce (debugging)")
     p.add_argument("--d-precision", default="auto", choices=("auto", "fp32", "autocast_bf16"),
                    help="D forward precision (auto: bf16 autocast on CUDA, fp32 on CPU)")
+    p.add_argument("--act-ckpt", type=int, default=0, metavar="PX",
+                   help="activation checkpointing: recompute G's synthesis layers with output side >= PX (0 = off)")
     p.add_argument("--metrics", default="", help="comma-separated metrics at every snapshot, e.g. fid50k_full, "
                    "rfid50k_full, kid50k_full, pr50k3_full, rfid1k_128 (CPU-sized); the first picks best.safetensors")
     p.add_argument("--class-init", default="auto", choices=("auto", "lite0", "random"),
@@ -56,7 +58,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         batch=args.batch, batch_gpu=args.batch_gpu, kimg=args.kimg, tick=args.tick, snap=args.snap,
         mirror=bool(args.mirror), skip_bad=args.skip_bad, seed=args.seed, zero_stage=args.zero_stage,
         backend=args.backend, d_precision=args.d_precision, class_init=args.class_init,
-        metrics=tuple(m for m in args.metrics.split(",") if m), d_weights=args.d_weights,
+        metrics=tuple(m for m in args.metrics.split(",") if m), act_ckpt=args.act_ckpt, d_weights=args.d_weights,
         d_backbones=tuple(b for b in args.d_backbones.split(",") if b), compile=bool(args.compile),
         stem=args.stem, resume=args.resume, max_ticks=args.max_ticks, workers=args.workers,
         optim=OptimConfig(), loss=dataclasses.replace(LossConfig(), cls_weight=args.cls_weight, reduction=args.reduction),

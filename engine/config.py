@@ -70,6 +70,7 @@ class TrainConfig:
     workers: int = 2  # data loader workers
     backend: str = "deepspeed"  # "deepspeed" (one engine per network) or "plain" (torch.optim, debugging)
     zero_stage: int | None = None  # DeepSpeed ZeRO stage of both engines; None = 3 at 1024², else 2
+    act_ckpt: int = 0  # recompute G's synthesis layers with output side >= this in backward (0 = off)
     metrics: tuple[str, ...] = ()  # computed at every snapshot (engine/metrics.py); the first picks `best`
     class_init: str = "auto"  # D3: "lite0" class means, "random" N(0,1), "auto" (lite0 with pretrained D)
     class_init_images: int = 64  # images per class averaged for the lite0 class table
@@ -88,6 +89,8 @@ class TrainConfig:
             raise ValueError(f"backend must be 'deepspeed' or 'plain', got {self.backend!r}")
         if self.zero_stage not in (None, 0, 1, 2, 3):
             raise ValueError(f"zero_stage must be 0-3 (or None for the stage's default), got {self.zero_stage!r}")
+        if self.act_ckpt < 0:
+            raise ValueError(f"act_ckpt must be >= 0 (an output side in pixels; 0 = off), got {self.act_ckpt}")
         if self.class_init not in ("auto", "lite0", "random"):
             raise ValueError(f"class_init must be auto, lite0 or random, got {self.class_init!r}")
         if self.d_precision not in ("auto", "fp32", "autocast_bf16"):
@@ -97,10 +100,10 @@ class TrainConfig:
 
     def zero_stages(self, path_length_active: bool) -> dict[str, int]:
         """ZeRO stage per network: the flag, else 3 for the 1024² stage and 2 below it. G stays at
-        <= 2 in a stage with path-length regularization (it calls G's submodules directly, which
-        ZeRO-3 only supports through the engine's forward)."""
+        <= 2 in a stage with path-length regularization or activation checkpointing (both call G's
+        layers outside the module hooks ZeRO-3 fetches parameters in)."""
         z = self.zero_stage if self.zero_stage is not None else (3 if self.stage >= 1024 else 2)
-        return {"G": min(z, 2) if path_length_active else z, "D": z}
+        return {"G": min(z, 2) if path_length_active or self.act_ckpt else z, "D": z}
 
     @property
     def ema_half_life_img(self) -> float:

@@ -36,7 +36,7 @@ from PIL import Image  # noqa: E402
 
 from engine.compile import maybe_compile  # noqa: E402
 from engine.export import load_generator  # noqa: E402
-from engine.samples import to_uint8  # noqa: E402
+from engine.samples import grid_of, save_png, tile, to_uint8  # noqa: E402
 
 Log = Callable[[str], None]
 MAX_SEED = 2**32 - 1  # numpy RandomState's seed range
@@ -309,31 +309,6 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 30,
     pics[0].save(tmp, format="GIF", save_all=True, append_images=pics[1:], duration=max(1, round(1000 / fps)), loop=0)
     tmp.replace(path)
     return path
-
-
-def tile(grid_RCHWC: np.ndarray) -> np.ndarray:
-    r, c, h, w, ch = grid_RCHWC.shape
-    return grid_RCHWC.transpose(0, 2, 1, 3, 4).reshape(r * h, c * w, ch)
-
-
-def save_png(img_HWC: np.ndarray, path: str | Path) -> Path:
-    """Atomic PNG write."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(img_HWC).save(tmp, format="PNG")
-    tmp.replace(path)
-    return path
-
-
-def grid_of(img_NHWC: np.ndarray, cols: int | None = None) -> np.ndarray:
-    """Tile N images row by row (cols = ceil(sqrt(N)) by default), black where the grid is short."""
-    n = img_NHWC.shape[0]
-    cols = cols or math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    padded = np.zeros((rows * cols, *img_NHWC.shape[1:]), dtype=np.uint8)
-    padded[:n] = img_NHWC
-    return tile(padded.reshape(rows, cols, *img_NHWC.shape[1:]))
 
 
 # ----------------------------------------------------------------------------- command line

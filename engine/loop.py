@@ -215,6 +215,10 @@ def train_stage(cfg: TrainConfig, device: torch.device, log=print) -> Progress:
     st = build_stage(cfg, device, rank, world, log=say)
     pl_active = st.is_stem and cfg.loss.pl_weight > 0
     be = make_backend(cfg, device, pl_active)
+    if cfg.act_ckpt:
+        from engine.memory import checkpoint_synthesis
+
+        say(f"activation checkpointing: {', '.join(checkpoint_synthesis(st.G, cfg.act_ckpt)) or 'no layer'}")
     for net in (st.G, st.D):
         maybe_compile(net, enabled=cfg.compile, device=device)
     be.setup(st.G, st.D, cfg.optim)
@@ -323,7 +327,7 @@ def train_stage(cfg: TrainConfig, device: torch.device, log=print) -> Progress:
             if cfg.metrics:
                 t0 = time.time()
                 results = run_metrics(cfg, g_ema, st, detectors, device, rank, world, progress=main)
-                stats.update({f"metric_{k}": v for k, v in results.items()}, metric_sec=time.time() - t0)
+                stats.update({f"metric_{k}": v for k, v in results.items()}, metrics_sec=time.time() - t0)
                 key = next(iter(results))  # the first metric picks `best`
                 from engine.metrics import is_better
 

@@ -47,8 +47,8 @@ from tqdm import tqdm  # noqa: E402
 
 from engine.compile import maybe_compile  # noqa: E402
 from engine.export import load_generator, save_generator  # noqa: E402
-from engine.generate import class_index, save_png, tile, write_video  # noqa: E402
-from engine.samples import to_uint8  # noqa: E402
+from engine.generate import class_index, write_video  # noqa: E402
+from engine.samples import save_png, tile, to_uint8  # noqa: E402
 
 Log = Callable[[str], None]
 LPIPS_MAX = 256  # LPIPS inputs larger than this are area-downsampled (SPEC 8.2)
