@@ -252,6 +252,10 @@ def train_stage(cfg: TrainConfig, device: torch.device, log=print) -> Progress:
 
     losses = {}
     done = prog.cur_nimg >= total_nimg
+    status.update(prog.cur_nimg, losses)
+    if done:
+        say(f"stage {cfg.stage} is trained to {prog.cur_nimg / 1000:g} kimg already (--kimg {cfg.kimg:g}): nothing to do; "
+            f"raise --kimg to continue")
     while not done:
         sigma = torch.tensor(cfg.blur_sigma(prog.cur_nimg), device=device)
         reals, real_labels = next(iterator)

@@ -10,7 +10,6 @@ the metric takes seconds). The CLIs run in-process through their main().
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import PIL.Image
