@@ -4,6 +4,7 @@
     python bench/gpu_check.py --out DIR2 --skip-tests --suites model --bench-timeout 280
         # second call: per-layer profile, training throughput, inference latency (then
         # python bench/report.py on DIR2's bench_inference.json prints the paper's Table 3 beside ours)
+    python bench/gpu_check.py --out DIR3 --skip-tests --suites "" --train   # a short GPU training run
 
 Installs nothing (the GPU machine has no network) and runs on its preinstalled torch and
 triton. Writes DIR/summary.json (device, driver, versions, pass/fail counts, per-benchmark
@@ -106,6 +107,9 @@ def main() -> int:
     ap.add_argument("--suites", default="kernels", help="comma list: kernels (bench/kernels/bench_*.py), model "
                     "(bench/bench_*.py: per-layer profile, training throughput, inference latency)")
     ap.add_argument("--skip-tests", action="store_true", help="benchmarks only (a second call on the same machine)")
+    ap.add_argument("--train", action="store_true",
+                    help="also train the light preset for 0.2 kimg at 16² and grow to 32² on the GPU (plain backend, "
+                         "compiled, random D weights: the engine's GPU path without DeepSpeed, which this machine lacks)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     py = sys.executable
@@ -113,17 +117,29 @@ def main() -> int:
                                                f"--junitxml={args.out / 'tests.xml'}"], args.test_timeout)
     rc_bench, rows = {}, []
     folders = {"kernels": ROOT / "bench/kernels", "model": ROOT / "bench"}
-    unknown = set(args.suites.split(",")) - set(folders)
+    suites = [n for n in args.suites.split(",") if n]  # "" = no benchmark suite
+    unknown = set(suites) - set(folders)
     if unknown:
         ap.error(f"unknown suites {sorted(unknown)}; choose from {sorted(folders)}")
-    paths = [p for name in args.suites.split(",") for p in sorted(folders[name].glob("bench_*.py"))]
+    paths = [p for name in suites for p in sorted(folders[name].glob("bench_*.py"))]
     for path in paths:
         out = args.out / f"{path.stem}.json"  # one file per suite: a timeout loses only that suite
         rc_bench[path.stem] = _run([py, "-m", "pytest", str(path.relative_to(ROOT)), "--benchmark-only", "-q",
                                     "-p", "no:cacheprovider", f"--benchmark-json={out}"], args.bench_timeout)
         rows += _bench_rows(out)
+    train = {}
+    if args.train:
+        base = [py, "engine/train.py", "--backend", "plain", "--preset", "light", "--d-weights", "random",
+                "--batch", "32", "--batch-gpu", "8", "--kimg", "0.2", "--tick", "0.1", "--snap", "1",
+                "--outdir", str(args.out / "train"), "--workers", "4"]
+        for stage in (16, 32):
+            rc = _run(base + ["--stage", str(stage)], args.bench_timeout * 3)
+            stats = args.out / "train" / f"stage{stage}" / "stats.jsonl"
+            last = json.loads(stats.read_text().splitlines()[-1]) if stats.exists() and stats.read_text().strip() else None
+            train[f"stage{stage}"] = {"returncode": rc, "last_tick": last}
     summary = {
         "env": _env(),
+        "train": train,
         "tests": _junit_counts(args.out / "tests.xml") | {"returncode": rc_tests},
         "bench_returncode": rc_bench,
         "benchmarks": rows,
@@ -131,7 +147,8 @@ def main() -> int:
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     (args.out / "summary.md").write_text(_markdown(summary))
     print(_markdown(summary))
-    return 0 if rc_tests == 0 and not any(rc_bench.values()) else 1
+    ok = rc_tests == 0 and not any(rc_bench.values()) and not any(t["returncode"] for t in train.values())
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
