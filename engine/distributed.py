@@ -117,6 +117,19 @@ def init_adam_state(opt: torch.optim.Optimizer, params: list[torch.Tensor] | Non
                                 exp_avg_sq=torch.zeros_like(p, memory_format=torch.preserve_format))
 
 
+def _forget_deepspeed_groups() -> None:
+    """DeepSpeed caches a clone of the world group in module globals (deepspeed.utils.groups).
+    When a process destroys its process group and creates a new one (several training stages or
+    test modules in one process), the clone points at the dead group and ZeRO's broadcasts fail
+    with "Group ... is not registered". Called after a fresh group is created: DeepSpeed clones
+    the new world group on first use."""
+    from deepspeed.utils import groups
+
+    for name in ("_WORLD_GROUP", "_ZERO_PARAM_INTRA_PARALLEL_GROUP"):
+        if getattr(groups, name, None) is not None:
+            setattr(groups, name, None)
+
+
 class Backend:
     """The interface the loop uses, and the code both implementations share.
 
@@ -402,7 +415,10 @@ class DeepSpeedBackend(Backend):
             raise RuntimeError("DeepSpeedBackend needs managed_gradient_accumulation (deepspeed >= 0.19), "
                                f"found deepspeed {deepspeed.__version__}")
         launch_env()
+        fresh = not tdist.is_initialized()
         deepspeed.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo")
+        if fresh:
+            _forget_deepspeed_groups()
         self.rank, self.world_size = tdist.get_rank(), tdist.get_world_size()
         self._record(G, D)
         if self.sanitize:  # before ZeRO's own gradient hooks, on every micro-batch

@@ -273,3 +273,19 @@ def test_launcher_one_rank_equals_two_ranks(launched):
         _assert_stats_close(two[(name, 0)]["stats"], one[(name, 0)]["stats"], f"{name} 2 ranks vs 1 rank")
     for name in ("zero2", "zero3"):
         _assert_stats_close(two[(name, 0)]["stats"], two[("plain", 0)]["stats"], f"{name} vs plain, 2 ranks")
+
+
+@needs_ds
+def test_new_process_group_after_destroy(ds_world, setup):
+    """A process that destroys its group and creates a new one (several stages or test modules in
+    one process) trains again: DeepSpeed's cached clone of the old world group is dropped."""
+    torch.manual_seed(0)
+    run_iteration(DeepSpeedBackend(zero_stage=2, batch_gpu=2), setup)
+    tdist.destroy_process_group()
+    for k in LAUNCH_VARS:
+        os.environ.pop(k, None)
+    launch_env(port=free_port())
+    torch.manual_seed(0)
+    want = run_iteration(PlainBackend(), setup)  # not the module's reference: other tests run `setup`'s D
+    torch.manual_seed(0)
+    assert_parts_close(run_iteration(DeepSpeedBackend(zero_stage=2, batch_gpu=2), setup), want)
