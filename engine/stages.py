@@ -43,7 +43,8 @@ def previous_checkpoint(cfg: TrainConfig) -> Path:
 
 def open_training_data(cfg: TrainConfig, device: torch.device, rank: int = 0, world_size: int = 1):
     """(dataset, loader, iterator, c_dim, label weights) for this stage; errors before training starts."""
-    from engine.data import DatasetSpec, make_loader, open_dataset
+    from engine.data import DatasetSpec, open_dataset
+    from engine.loader import make_loader
 
     dataset = open_dataset(DatasetSpec(resolution=cfg.stage, path=cfg.data, cond=cfg.cond, mirror=cfg.mirror,
                                        seed=cfg.seed, skip_bad=cfg.skip_bad), min_images=cfg.batch)

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from engine import synthetic
-from engine.data import DatasetSpec, dali_available, make_loader, open_dataset, sample_labels
+from engine.data import DatasetSpec, open_dataset, sample_labels
+from engine.loader import dali_available, make_loader
 from tests.conftest import gpu
 
 needs_dali = pytest.mark.skipif(not dali_available(), reason="nvidia.dali (and its PyTorch plugin) is not importable")
