@@ -171,8 +171,9 @@ def run_metrics(cfg: TrainConfig, g_ema, st, detectors: dict, device, rank: int,
 class _Status:
     """Rank 0's progress bar and telemetry (no-ops on other ranks)."""
 
-    def __init__(self, cfg: TrainConfig, enabled: bool):
-        self.telemetry = Telemetry()
+    def __init__(self, cfg: TrainConfig, enabled: bool, device: torch.device):
+        self.telemetry = Telemetry(device.index or 0) if device.type == "cuda" else Telemetry()
+        self.device = device
         self.bar = tqdm(total=cfg.kimg, unit="kimg", desc=f"stage {cfg.stage}", dynamic_ncols=True,
                         disable=not enabled)
 
@@ -186,8 +187,8 @@ class _Status:
 
     def read(self) -> dict:
         out = self.telemetry.read()
-        if torch.cuda.is_available():
-            out["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        if self.device.type == "cuda":
+            out["peak_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         return out
 
     def close(self) -> None:
@@ -238,7 +239,7 @@ def train_stage(cfg: TrainConfig, device: torch.device, log=print) -> Progress:
     total_nimg = int(cfg.kimg * 1000)
     tick_start_nimg, tick_start_time, start_time = prog.cur_nimg, time.time(), time.time()
     stats_out = StatsWriter(out) if main else None
-    status = _Status(cfg, enabled=main)
+    status = _Status(cfg, enabled=main, device=device)
     grid_z = torch.randn(64, G.cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 1)).to(device)
     grid_c = (torch.arange(64) % st.c_dim).to(device) if st.c_dim else None
     iterator = iter(st.loader)

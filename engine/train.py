@@ -9,6 +9,7 @@ Re-running the same command resumes from the stage's latest checkpoint.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -20,6 +21,17 @@ import torch  # noqa: E402
 
 from engine.cli import config_from_args, parser  # noqa: E402
 from engine.config import to_dict  # noqa: E402
+
+
+def training_device() -> torch.device:
+    """This rank's device: cuda:LOCAL_RANK (set by the launcher; 0 for one process), else the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if local_rank >= torch.cuda.device_count():
+        raise RuntimeError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA devices are visible")
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
 
 
 def main(argv=None) -> int:
@@ -39,7 +51,7 @@ def main(argv=None) -> int:
         return 0
     from engine.loop import train_stage
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = training_device()
     train_stage(cfg, device)
     return 0
 

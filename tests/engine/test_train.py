@@ -133,3 +133,24 @@ def test_metrics_pick_best(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="unknown metric"):
         train_stage(_cfg(tmp_path / "bad", max_ticks=1, backend="plain", metrics=("fid1_nope",)), torch.device("cpu"),
                     log=lambda *a: None)
+
+
+def test_each_rank_trains_on_its_local_gpu(monkeypatch):
+    """deepspeed starts one process per GPU with LOCAL_RANK: rank r uses cuda:r (mocked CUDA)."""
+    from unittest import mock
+
+    from engine.train import training_device
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    with mock.patch.object(torch.cuda, "is_available", return_value=False):
+        assert training_device() == torch.device("cpu")
+    with mock.patch.object(torch.cuda, "is_available", return_value=True), \
+            mock.patch.object(torch.cuda, "device_count", return_value=2), \
+            mock.patch.object(torch.cuda, "set_device") as set_device:
+        assert training_device() == torch.device("cuda", 0)
+        monkeypatch.setenv("LOCAL_RANK", "1")
+        assert training_device() == torch.device("cuda", 1)
+        assert [c.args for c in set_device.call_args_list] == [(0,), (1,)]
+        monkeypatch.setenv("LOCAL_RANK", "2")
+        with pytest.raises(RuntimeError, match="LOCAL_RANK 2 but only 2 CUDA devices"):
+            training_device()
