@@ -44,8 +44,11 @@ def test_train_snapshot_grow(tmp_path):
     meta = json.loads((out / "latest.json").read_text())
     assert meta["progress"]["cur_nimg"] == 16 and meta["decisions"]["D2_reduction"] == "sum"
 
-    # Growing 16 -> 32 from the stem's checkpoint: kept layers equal the stem's G_ema.
-    train_stage(_cfg(tmp_path, stage=32, max_ticks=1, backend="plain"), torch.device("cpu"), log=lambda *a: None)
+    # Growing 16 -> 32 from the stem's checkpoint (with classifier guidance): kept layers equal the stem's G_ema.
+    from engine.config import LossConfig
+
+    train_stage(_cfg(tmp_path, stage=32, max_ticks=1, backend="plain", loss=LossConfig(cls_weight=0.5)),
+                torch.device("cpu"), log=lambda *a: None)
     stem = _weights(out / "best.safetensors")
     grown = _weights(tmp_path / "stage32" / "latest.safetensors")
     kept = [k for k in grown if k.startswith("G/synthesis.layers.L0_")]
@@ -53,6 +56,7 @@ def test_train_snapshot_grow(tmp_path):
     layers = lambda w: sorted({k.split(".")[2] for k in w if k.startswith("G/synthesis.layers.")})  # noqa: E731
     assert len(layers(stem)) == 5 and len(layers(grown)) == 2 + 4  # tiny: 2 kept + 3 head layers + ToRGB
     assert layers(grown)[-1].endswith("_32_3")  # the new ToRGB writes 32x32
+    assert json.loads((tmp_path / "stage32/latest.json").read_text())["config"]["loss"]["cls_weight"] == 0.5
 
 
 def test_missing_previous_stage_is_a_clear_error(tmp_path):
