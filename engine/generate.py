@@ -199,6 +199,30 @@ class Sampler:
             yield to_uint8(self.synthesis(chunk)[:n])
 
 
+def load_ws(path: str | Path, G) -> torch.Tensor:
+    """ws [N, num_ws, w_dim] from a safetensors file holding "ws" (or a single "w", broadcast)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"ws file {path} does not exist")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path} is not a safetensors file: {e}") from e
+    num_ws, w_dim = G.synthesis.num_ws, G.cfg.w_dim
+    if "ws" in tensors:
+        ws = tensors["ws"].float()
+    elif "w" in tensors:
+        ws = tensors["w"].float().reshape(-1, 1, w_dim).expand(-1, num_ws, -1)
+    else:
+        raise ValueError(f"{path} holds neither 'ws' nor 'w' (keys: {sorted(tensors)})")
+    if ws.ndim != 3 or tuple(ws.shape[1:]) != (num_ws, w_dim):
+        raise ValueError(f"{path}: ws of shape {tuple(ws.shape)} do not fit this generator ([N, {num_ws}, {w_dim}])")
+    return ws
+
+
 # ----------------------------------------------------------------------------- products
 
 def class_sheet(sampler: Sampler, seeds: list[int], classes: list[int]) -> np.ndarray:
@@ -338,6 +362,8 @@ def parser() -> argparse.ArgumentParser:
                       help="interpolation video through the --seeds (and --classes) keyframes; MP4, or GIF without ffmpeg")
     mode.add_argument("--sheet", action="store_true", help="class sheet: rows = --classes, columns = --seeds")
     mode.add_argument("--mix-seeds", default=None, help="style mixing: columns = these seeds, rows = --seeds")
+    mode.add_argument("--ws", default=None, metavar="FILE",
+                      help="render saved ws instead of seeds (projected_w.safetensors of engine/project.py)")
     p.add_argument("--mix-layers", default=None,
                    help="ws indices taken from the column seed, e.g. 0-3 ('' = none; default: the first half)")
     p.add_argument("--interp", default="w", choices=("w", "slerp", "lerp"),
@@ -372,6 +398,10 @@ def run(args: argparse.Namespace, log: Log = print) -> list[Path]:
                       transform=transform)
     outdir = Path(args.outdir)
     log(f"{args.network}: {G.cfg.resolution}x{G.cfg.resolution}, {c_dim or 'no'} classes, {device}, {dtype}")
+    if args.ws:
+        ws = load_ws(args.ws, G).to(device)
+        img = sampler.images(ws)
+        return [_said(log, save_png(im, outdir / f"ws{i:02d}.png")) for i, im in enumerate(img)]
     if args.video:
         ws = interpolation_ws(sampler, seeds, classes if classes else None if cls is None else [cls],
                               interp=args.interp, frames=args.frames, loop=args.loop)

@@ -85,6 +85,13 @@ def test_invert_a_generated_image(trained, tmp_path):
     proj = np.asarray(PIL.Image.open(out / "proj.png")).astype(np.float64)
     tgt = np.asarray(PIL.Image.open(target)).astype(np.float64)
     assert proj.shape == tgt.shape and np.abs(proj - tgt).mean() < 128
+    # The projected ws render again through generate --ws (the editing path).
+    assert generate.main(["--network", ckpt, "--ws", str(out / "projected_w.safetensors"), "--outdir",
+                          str(tmp_path / "again"), "--device", "cpu"]) == 0
+    again = np.asarray(PIL.Image.open(tmp_path / "again/ws00.png")).astype(np.float64)
+    assert np.abs(again - proj).max() <= 1
+    with pytest.raises(SystemExit):  # not a ws file: a clear error, exit status 2
+        generate.main(["--network", ckpt, "--ws", str(target), "--outdir", str(tmp_path / "bad"), "--device", "cpu"])
 
 
 def test_export_and_import_of_an_original_pickle(trained, tmp_path):
