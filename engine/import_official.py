@@ -4,7 +4,7 @@ of this engine, without running any code from the pickle.
     python -m engine.import_official --pkl imagenet16.pkl --out imagenet16.safetensors
 
 The output is one safetensors file laid out like a training checkpoint's generator parts ("G",
-"G_ema") with meta["arch"]["G"] = the GeneratorConfig, so `engine.stages._load_generator` (and
+"G_ema") with meta["arch"]["G"] = the GeneratorConfig, so `engine.export.load_generator` (and
 `--stem` / `--resume`) can open it. The discriminator is not converted (a different network here).
 
 Reading the pickle (engine/safe_pickle.py). The original training loops pickle (or dill) a dict {'G', 'D', 'G_ema',

@@ -77,14 +77,18 @@ def _set_rng_state(state: torch.Tensor, device: torch.device) -> None:
         torch.cuda.set_rng_state(state[n:], device)
 
 
+def _gather(be, obj) -> list:
+    """Every rank's `obj`, in rank order (collective when there are several ranks)."""
+    if be.world_size == 1:
+        return [obj]
+    out = [None] * be.world_size
+    tdist.all_gather_object(out, obj)
+    return out
+
+
 def _all_rng_states(be, device) -> dict[str, torch.Tensor]:
     """{"rank<r>": RNG state} of every rank (collective)."""
-    mine = _rng_state(device)
-    if be.world_size == 1:
-        return {"rank0": mine}
-    states = [None] * be.world_size
-    tdist.all_gather_object(states, mine)
-    return {f"rank{r}": s for r, s in enumerate(states)}
+    return {f"rank{r}": s for r, s in enumerate(_gather(be, _rng_state(device)))}
 
 
 def shared_digest(parts: dict[str, dict[str, torch.Tensor]], be) -> str:
@@ -103,11 +107,7 @@ def shared_digest(parts: dict[str, dict[str, torch.Tensor]], be) -> str:
 def check_ranks_agree(parts: dict, be) -> list[str]:
     """Every rank's shared_digest (collective); raises when ranks diverged (the original checks
     DDP consistency at every snapshot as well)."""
-    mine = shared_digest(parts, be)
-    if be.world_size == 1:
-        return [mine]
-    digests = [None] * be.world_size
-    tdist.all_gather_object(digests, mine)
+    digests = _gather(be, shared_digest(parts, be))
     if len(set(digests)) != 1:
         raise RuntimeError(f"ranks hold different weights or optimizer state: {digests}")
     return digests

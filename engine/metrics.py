@@ -393,17 +393,6 @@ def compute_metric(name: str, G: torch.nn.Module, dataset, *, num_gen: int | Non
 
 # -- CLI ----------------------------------------------------------------------------------------------
 
-def _load_g_ema(path: str, device: torch.device):
-    from engine import checkpoint
-    from model.config import GeneratorConfig
-    from model.generator import Generator
-
-    parts, meta = checkpoint.load(path)
-    G = Generator(GeneratorConfig(**meta["arch"]["G"])).to(device)
-    G.load_state_dict(parts["G_ema"])
-    return G.eval().requires_grad_(False), meta
-
-
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m engine.metrics", description=__doc__.split("\n\n")[0])
     p.add_argument("--network", required=True, help="checkpoint of this engine (G_ema is evaluated)")
@@ -431,7 +420,9 @@ def main(argv: list[str] | None = None) -> dict:
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(device)
-    G, meta = _load_g_ema(args.network, device)
+    from engine.export import load_generator
+
+    G, meta = load_generator(args.network, device)
     config = meta.get("config", {})
     path = args.data if args.data is not None else config.get("data")
     spec = data.DatasetSpec(resolution=G.cfg.resolution, path=None if path in (None, "synthetic") else path,

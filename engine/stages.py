@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 
 from engine import checkpoint
+from engine.export import load_generator
 from engine.config import TrainConfig
-from model.config import PRESETS, GeneratorConfig
+from model.config import PRESETS
 from model.discriminator import ProjectedDiscriminator
 from model.generator import Generator, build_generator, freeze_carried, grow
 
@@ -42,7 +43,7 @@ def previous_checkpoint(cfg: TrainConfig) -> Path:
 
 
 def open_training_data(cfg: TrainConfig, device: torch.device, rank: int = 0, world_size: int = 1):
-    """(dataset, loader, iterator, c_dim, label weights) for this stage; errors before training starts."""
+    """(dataset, loader, c_dim, label weights) for this stage; errors before training starts."""
     from engine.data import DatasetSpec, open_dataset
     from engine.loader import make_loader
 
@@ -52,15 +53,7 @@ def open_training_data(cfg: TrainConfig, device: torch.device, rank: int = 0, wo
                          device=device, num_workers=cfg.workers)
     c_dim = dataset.c_dim if cfg.cond else 0
     probs = torch.as_tensor(dataset.label_histogram, dtype=torch.float64) if c_dim else None
-    return dataset, loader, loader, c_dim, probs
-
-
-def _load_generator(path: Path, device) -> Generator:
-    parts, meta = checkpoint.load(path)
-    g_cfg = GeneratorConfig(**meta["arch"]["G"])
-    g = Generator(g_cfg).to(device)
-    g.load_state_dict(parts["G_ema"])
-    return g
+    return dataset, loader, c_dim, probs
 
 
 def class_table(cfg: TrainConfig, dataset, device: torch.device, log=print) -> tuple[torch.Tensor | None, str]:
@@ -108,7 +101,7 @@ class Stage:
 def build_stage(cfg: TrainConfig, device: torch.device, rank: int = 0, world_size: int = 1, log=print) -> Stage:
     """Data (this rank's shard), G (new stem, or grown from the previous stage), a fresh D and the
     guidance classifier. Every rank builds identical networks: call under the same seed."""
-    dataset, loader, _, c_dim, label_probs = open_training_data(cfg, device, rank, world_size)
+    dataset, loader, c_dim, label_probs = open_training_data(cfg, device, rank, world_size)
     if getattr(dataset, "num_skipped", 0):
         log(f"skipped {dataset.num_skipped} unreadable images (--skip-bad), e.g. {list(dataset.skipped_files)[:3]}")
     stem_res = PRESETS[cfg.preset](cfg.stage).stem_res
@@ -118,7 +111,7 @@ def build_stage(cfg: TrainConfig, device: torch.device, rank: int = 0, world_siz
         source = None
     else:
         source = previous_checkpoint(cfg)
-        prev = _load_generator(source, device)
+        prev, _ = load_generator(source, device)  # G_ema only: D and optimizer tensors are not read
         if prev.cfg.resolution * prev.cfg.up_factor != cfg.stage:
             raise ValueError(f"{source} is a {prev.cfg.resolution}² generator: it grows to "
                              f"{prev.cfg.resolution * prev.cfg.up_factor}², not {cfg.stage}²")

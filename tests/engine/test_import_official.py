@@ -15,7 +15,7 @@ import torch
 
 from engine import checkpoint
 from engine.import_official import OfficialImportError, convert, import_official, load_official, main
-from engine.stages import _load_generator
+from engine.export import load_generator
 from model.generator import build_generator, grow
 from tests.engine import official_pickle as op
 
@@ -64,7 +64,7 @@ def test_xl_stem_converts_to_the_same_images(tmp_path):
     out = import_official(pkl, tmp_path / "converted.safetensors", head_layers=3)  # a stem pickle cannot say
     assert not marker.exists()  # the embedded module source never ran
     _assert_no_original_modules()
-    loaded = _load_generator(out, "cpu")  # exactly how a stage opens a checkpoint
+    loaded = load_generator(out, "cpu")[0]  # exactly how a stage opens a checkpoint
     assert loaded.cfg == g_ema.cfg
     assert grow(loaded).cfg == grow(g_ema).cfg  # and it grows like the engine's own stem
     _assert_same_images(g_ema, loaded, 5, psis=(1.0, 0.6))
@@ -87,7 +87,7 @@ def test_xl_superres_converts_to_the_same_images(tmp_path, zip_form):
     _assert_same_state(g, parts["G_ema"])
     if not zip_form:  # same tensors either way; run the (slow on CPU) 32² forward once
         path = checkpoint.save(tmp_path / "c.safetensors", parts, meta)
-        _assert_same_images(g, _load_generator(path, "cpu"), 5)
+        _assert_same_images(g, load_generator(path, "cpu")[0], 5)
 
 
 @pytest.mark.parametrize("flavor", ["xl", "sg3"])
@@ -99,7 +99,7 @@ def test_unconditional_converts_to_the_same_images(tmp_path, flavor):
     _assert_same_state(g, parts["G_ema"])  # the unused table is dropped
     assert meta["imported_from"]["family"] == {"xl": "stylegan-xl", "sg3": "stylegan3-t"}[flavor]
     path = checkpoint.save(tmp_path / "c.safetensors", parts, meta)
-    _assert_same_images(g, _load_generator(path, "cpu"), 0)
+    _assert_same_images(g, load_generator(path, "cpu")[0], 0)
 
 
 def test_cli_as_module_and_as_script(tmp_path, capsys):
