@@ -25,7 +25,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cls-weight", type=float, default=0.0, help="classifier-guidance weight (superres stages)")
     p.add_argument("--zero-stage", type=int, default=None, choices=(0, 1, 2, 3),
-                   help="DeepSpeed ZeRO stage of the G and D engines (default: 3 for the 1024² stage, else 2)")
+                   help="DeepSpeed ZeRO stage of the G and D engines (default 2; 3 partitions the trainable "
+                        "weights too and compiles only the frozen blocks)")
     p.add_argument("--backend", default="deepspeed", choices=("deepspeed", "plain"),
                    help="deepspeed: one engine per network; plain: torch.optim + all-reduce (debugging)")
     p.add_argument("--d-precision", default="auto", choices=("auto", "fp32", "autocast_bf16"),
@@ -43,9 +44,13 @@ def parser() -> argparse.ArgumentParser:
                    help="feature networks of D: pretrained timm weights (local cache/file) or random")
     p.add_argument("--d-backbones", default="deit_base_distilled_patch16_224,tf_efficientnet_lite0",
                    help="comma-separated timm feature networks of D (tf_efficientnet_lite0 alone is the CPU demo)")
-    p.add_argument("--compile", type=int, default=1, choices=(0, 1), help="torch.compile G and D on GPU")
+    p.add_argument("--compile", default="auto", choices=("auto", "on", "off", "1", "0"),
+                   help="torch.compile G and D (auto: on CUDA, off on CPU; on also compiles on CPU)")
     p.add_argument("--max-ticks", type=int, default=None, help="stop after this many ticks")
-    p.add_argument("--workers", type=int, default=2, help="data loader workers")
+    p.add_argument("--workers", type=int, default=2,
+                   help="data loading parallelism per rank: torch DataLoader worker processes, or with DALI its "
+                        "CPU threads and as many threads reading files one batch ahead (0 = read in the "
+                        "training process); batches do not depend on it")
     p.add_argument("--reduction", default="sum", choices=("sum", "mean"), help="D2: loss reduction")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and the layer table, then exit")
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
@@ -59,7 +64,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         mirror=bool(args.mirror), skip_bad=args.skip_bad, seed=args.seed, zero_stage=args.zero_stage,
         backend=args.backend, d_precision=args.d_precision, class_init=args.class_init,
         metrics=tuple(m for m in args.metrics.split(",") if m), act_ckpt=args.act_ckpt, d_weights=args.d_weights,
-        d_backbones=tuple(b for b in args.d_backbones.split(",") if b), compile=bool(args.compile),
+        d_backbones=tuple(b for b in args.d_backbones.split(",") if b), compile={"1": "on", "0": "off"}.get(args.compile, args.compile),
         stem=args.stem, resume=args.resume, max_ticks=args.max_ticks, workers=args.workers,
         optim=OptimConfig(), loss=dataclasses.replace(LossConfig(), cls_weight=args.cls_weight, reduction=args.reduction),
     )

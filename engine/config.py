@@ -63,13 +63,13 @@ class TrainConfig:
     ema_rampup: float | None = 0.05  # EMA ramp-up ratio; None = off
     d_backbones: tuple[str, ...] = ("deit_base_distilled_patch16_224", "tf_efficientnet_lite0")
     d_weights: str = "pretrained"  # "pretrained" or "random" feature networks (random: tests, CPU demo)
-    compile: bool = True  # torch.compile G and D (GPU only; ignored on CPU)
+    compile: str = "auto"  # torch.compile G and D: "auto" (on for CUDA, off on CPU), "on", "off" (engine/compile.py)
     stem: str | None = None  # checkpoint of the previous stage to grow from (default: run_dir's)
     resume: str | None = None  # explicit checkpoint to copy weights from (restarts the counter)
     max_ticks: int | None = None  # stop after this many ticks (tests)
-    workers: int = 2  # data loader workers
+    workers: int = 2  # data loading per rank: DataLoader worker processes, or DALI threads + file readers
     backend: str = "deepspeed"  # "deepspeed" (one engine per network) or "plain" (torch.optim, debugging)
-    zero_stage: int | None = None  # DeepSpeed ZeRO stage of both engines; None = 3 at 1024², else 2
+    zero_stage: int | None = None  # DeepSpeed ZeRO stage of both engines; None = 2 (every stage; README: memory)
     act_ckpt: int = 0  # recompute G's synthesis layers with output side >= this in backward (0 = off)
     metrics: tuple[str, ...] = ()  # computed at every snapshot (engine/metrics.py); the first picks `best`
     class_init: str = "auto"  # D3: "lite0" class means, "random" N(0,1), "auto" (lite0 with pretrained D)
@@ -95,14 +95,18 @@ class TrainConfig:
             raise ValueError(f"class_init must be auto, lite0 or random, got {self.class_init!r}")
         if self.d_precision not in ("auto", "fp32", "autocast_bf16"):
             raise ValueError(f"d_precision must be auto, fp32 or autocast_bf16, got {self.d_precision!r}")
+        if self.compile not in ("auto", "on", "off"):
+            raise ValueError(f"compile must be auto, on or off, got {self.compile!r}")
         if self.kimg <= 0 or self.tick <= 0 or self.snap < 1:
             raise ValueError("kimg and tick must be positive and snap >= 1")
 
     def zero_stages(self, path_length_active: bool) -> dict[str, int]:
-        """ZeRO stage per network: the flag, else 3 for the 1024² stage and 2 below it. G stays at
-        <= 2 in a stage with path-length regularization or activation checkpointing (both call G's
-        layers outside the module hooks ZeRO-3 fetches parameters in)."""
-        z = self.zero_stage if self.zero_stage is not None else (3 if self.stage >= 1024 else 2)
+        """ZeRO stage per network: the flag, else 2 at every stage (ZeRO-3 would save only the
+        partitioned fp32 weights, under 1 GB per GPU at 1024², and runs its trainable blocks
+        uncompiled: engine/compile.py). G stays at <= 2 in a stage with path-length
+        regularization or activation checkpointing (both call G's layers outside the module
+        hooks ZeRO-3 fetches parameters in)."""
+        z = self.zero_stage if self.zero_stage is not None else 2
         return {"G": min(z, 2) if path_length_active or self.act_ckpt else z, "D": z}
 
     @property

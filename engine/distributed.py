@@ -40,6 +40,18 @@ Decisions (ECOSYSTEM "DeepSpeed with a GAN"):
   heads run under autocast, see tests/engine/test_distributed.py). DeepSpeed's `"bf16"` mode is
   not offered: it casts every parameter of the module, frozen EfficientNet/DeiT trunks included,
   and not the fp32 images fed to it. G's precision is GeneratorConfig.dtype, not autocast.
+- Gradient reduction dtype: fp32 for both engines, always (`communication_data_type: fp32`, and
+  `torch_autocast.lower_precision_safe_modules: []`: by default DeepSpeed's autocast marks every
+  Conv2d/Linear parameter for bf16 gradient communication, which rounds D's gradients to bf16
+  before the fp32 Adam update). `REDUCE_DTYPE`; tested.
+- ZeRO-3: frozen parameters (D's DeiT-B / lite0 trunks and their random projections; G's layers
+  carried over from the previous stage) become buffers of their modules before DeepSpeed wraps
+  the network (`frozen_params_as_buffers`; same state-dict keys), so they are neither partitioned
+  nor gathered on every forward: without gradients or optimizer state there is little memory to
+  gain, and each gather is a collective. Only trainable parameters are partitioned; the compile
+  regions of engine/compile.py are ZeRO-3 leaf modules (one gather per block).
+- torch.compile (`setup(..., compile=True)`): the network's regions are compiled after DeepSpeed
+  wraps it, so its hooks stay outside the compiled code (engine/compile.py).
 - Sanitizing (SPEC 5.1): plain sanitizes the reduced flat gradient (NaN->0, +-inf->+-1e5) as the
   original; DeepSpeed reduces inside its hooks, so a tensor hook sanitizes each micro-batch
   gradient before it is accumulated (the same for finite gradients).
@@ -62,6 +74,7 @@ import torch.distributed as tdist
 from torch import nn
 
 NETS = ("G", "D")
+REDUCE_DTYPE = torch.float32  # gradients are reduced (all-reduce / reduce-scatter) in this dtype
 PRECISIONS = ("fp32", "autocast_bf16")
 ADAM_KEYS = ("exp_avg", "exp_avg_sq")
 LAUNCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -130,6 +143,28 @@ def _forget_deepspeed_groups() -> None:
             setattr(groups, name, None)
 
 
+def frozen_params_as_buffers(module: nn.Module):
+    """Re-register every frozen parameter of `module` (requires_grad False) as a persistent buffer
+    of the same module under the same name, and return a function that undoes it. State-dict keys
+    and values are unchanged, and the forward computes the same (gradients still reach the
+    inputs); but `module.parameters()` no longer lists them, so DeepSpeed ZeRO-3, which takes
+    every parameter of the module it wraps, neither partitions nor gathers them."""
+    moved = []
+    for m in module.modules():
+        for name, p in list(m._parameters.items()):
+            if p is not None and not p.requires_grad:
+                del m._parameters[name]
+                m._buffers[name] = p
+                moved.append((m, name))
+
+    def restore() -> None:
+        for m, name in moved:
+            if name in m._buffers:
+                m._parameters[name] = m._buffers.pop(name)
+
+    return restore
+
+
 class Backend:
     """The interface the loop uses, and the code both implementations share.
 
@@ -154,14 +189,17 @@ class Backend:
         self._ema: list[torch.Tensor] = []  # this rank's piece (`_local`) of every G parameter
         self._ema_template: nn.Module | None = None  # G's structure on the meta device
 
-    def setup(self, G: nn.Module, D: nn.Module, optim_cfg) -> None:
+    def setup(self, G: nn.Module, D: nn.Module, optim_cfg, *, compile: bool = False) -> None:
         """Take over G and D; requires_grad must mark exactly what trains (begin() restores that
-        set per phase). optim_cfg: engine.config.OptimConfig (Adam per network via .adam(net))."""
+        set per phase). optim_cfg: engine.config.OptimConfig (Adam per network via .adam(net)).
+        compile: torch.compile both networks' regions (engine/compile.py) once they are wrapped."""
         raise NotImplementedError
 
     def _record(self, G: nn.Module, D: nn.Module) -> None:
+        from engine.compile import uncompiled_copy
+
         self.modules = {"G": G, "D": D}
-        self._ema_template = copy.deepcopy(G).to("meta")
+        self._ema_template = uncompiled_copy(G).to("meta")
         self.trainable = {n: [p for p in m.parameters() if p.requires_grad] for n, m in self.modules.items()}
 
     @property
@@ -319,7 +357,9 @@ class PlainBackend(Backend):
     initialized, or WORLD_SIZE > 1), parameters and buffers are broadcast from rank 0 at setup,
     and each step's gradients are flattened, summed, divided by the world size and sanitized."""
 
-    def setup(self, G: nn.Module, D: nn.Module, optim_cfg) -> None:
+    def setup(self, G: nn.Module, D: nn.Module, optim_cfg, *, compile: bool = False) -> None:
+        from engine.compile import compile_regions
+
         self.rank, self.world_size = init_distributed(self.device)
         self._record(G, D)
         if self.world_size > 1:
@@ -330,6 +370,8 @@ class PlainBackend(Backend):
         for opt in self.optimizers.values():
             init_adam_state(opt)
         self.init_ema()
+        if compile:
+            compile_regions([G, D])
 
     def zero_grad(self, net: str) -> None:
         self.optimizers[net].zero_grad(set_to_none=True)
@@ -388,6 +430,7 @@ class DeepSpeedBackend(Backend):
         if set(stages) != set(NETS) or not all(s in (0, 1, 2, 3) for s in stages.values()):
             raise ValueError(f"zero_stage must be 0-3 for G and D, got {zero_stage!r}")
         self.stages, self.batch_gpu, self.engines = stages, batch_gpu, {}
+        self._restore = []  # undo frozen_params_as_buffers at close()
 
     def config(self, net: str, optim_cfg) -> dict:
         """The JSON-able DeepSpeed config of `net`'s engine (worth recording in the run dir)."""
@@ -402,14 +445,17 @@ class DeepSpeedBackend(Backend):
             # With caller-owned accumulation DeepSpeed allows overlap_comm at ZeRO-2 only.
             "zero_optimization": {"stage": stage, "overlap_comm": stage == 2},
             "gradient_clipping": 0.0,
+            "communication_data_type": "fp32",  # REDUCE_DTYPE (module docstring)
             "steps_per_print": 2**31 - 1,
         }
-        if self.precision[net] == "autocast_bf16":
-            cfg["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
+        if self.precision[net] == "autocast_bf16":  # no parameter marked for bf16 gradient communication
+            cfg["torch_autocast"] = {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}
         return cfg
 
-    def setup(self, G: nn.Module, D: nn.Module, optim_cfg) -> None:
+    def setup(self, G: nn.Module, D: nn.Module, optim_cfg, *, compile: bool = False) -> None:
         import deepspeed
+
+        from engine.compile import compile_regions, regions, zero3_leaves
 
         if not hasattr(deepspeed.DeepSpeedEngine, "managed_gradient_accumulation"):
             raise RuntimeError("DeepSpeedBackend needs managed_gradient_accumulation (deepspeed >= 0.19), "
@@ -424,7 +470,13 @@ class DeepSpeedBackend(Backend):
         if self.sanitize:  # before ZeRO's own gradient hooks, on every micro-batch
             for p in self.trainable["G"] + self.trainable["D"]:
                 p.register_hook(_sanitized)
+        blocks = {}
         for net in NETS:
+            zero3 = self.stages[net] == 3
+            blocks[net] = regions(self.modules[net], zero3)
+            if zero3:
+                zero3_leaves(blocks[net])
+                self._restore.append(frozen_params_as_buffers(self.modules[net]))
             engine, *_ = deepspeed.initialize(model=self.modules[net], model_parameters=self.trainable[net],
                                               config=self.config(net, optim_cfg))
             self.engines[net] = engine
@@ -435,6 +487,9 @@ class DeepSpeedBackend(Backend):
             if link is not None:  # ZeRO-1/2: point each parameter's fragment at the new moments
                 link()
         self.init_ema()
+        if compile:
+            for net in NETS:
+                compile_regions(blocks[net])
 
     @staticmethod
     def _zero3(p: torch.Tensor) -> bool:
@@ -535,5 +590,7 @@ class DeepSpeedBackend(Backend):
     def close(self) -> None:
         for engine in self.engines.values():
             engine.destroy()
-        self.engines = {}
+        for restore in self._restore:
+            restore()
+        self.engines, self._restore = {}, []
         super().close()

@@ -1,11 +1,20 @@
 """Loaders: batches of a dataset (engine/data.py) through NVIDIA DALI or a torch DataLoader,
 sharded across ranks, resumable at an exact position (state_dict / load_state_dict).
 
+One knob sets the data parallelism, `num_workers` (`--workers`, TrainConfig.workers): the torch
+DataLoader's worker processes, or for DALI both the pipeline's CPU threads (`num_threads`,
+decode and resize on CPU) and the threads reading the files that feed it. 0 means: read in the
+training process (DataLoader in-process; DALI with one thread, files read as DALI asks for them).
+
 Legend: images_NCHW uint8 batch, labels_N int64.
 """
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
+import copy
+import threading
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -63,18 +72,63 @@ class _TorchItems:
 
 
 class _DaliSource:
-    """Non-parallel DALI external source: one call per batch, in order (no worker processes, so
-    nothing is re-imported under spawn). Returns (inputs, mirror flags, labels), one entry per sample."""
+    """DALI external source (non-parallel: DALI calls it once per batch, in order, on the thread
+    that runs the pipeline). Returns (inputs, mirror flags, labels), one entry per sample.
 
-    def __init__(self, dataset: Dataset, batches):
+    With `readers` > 0 the batch's files are read by a pool of that many threads, and the next
+    batch's reads are queued when a batch is handed over, so reading overlaps the training step
+    (DALI's own prefetch queue keeps two more batches ahead). Each thread reads through its own
+    shallow copy of the dataset, i.e. its own zip handle (FileDataset drops the handle on copy).
+    With readers = 0 the files are read in the calling thread, one after another.
+
+    Why threads rather than DALI's parallel external source (worker processes): file reads and
+    zip member reads release the GIL and decoding happens in DALI's threads anyway, so threads
+    give the parallelism without spawn workers that re-import `__main__` (engine/train.py under
+    the deepspeed launcher), without pickling the dataset into each worker, and with the reader's
+    exception (a ValueError naming the file) reaching the training thread as it was raised. The
+    order is exact by construction: the item indices are drawn here, in order, and the results
+    are gathered by position, so batches and Loader.state_dict() are the same for any `readers`.
+    """
+
+    def __init__(self, dataset: Dataset, batches, *, readers: int):
         self.dataset, self.batches, self.recent = dataset, batches, []
+        self._pool = (concurrent.futures.ThreadPoolExecutor(readers, thread_name_prefix="dali-read")
+                      if readers else None)
+        self._local = threading.local()
+        self._pending = collections.deque()  # (inputs or their futures, flips, labels), in order
+
+    def _read(self, raw: int) -> np.ndarray:
+        """Raw image `raw` as DALI's input, on a reader thread, through that thread's dataset copy."""
+        dataset = getattr(self._local, "dataset", None)
+        if dataset is None:
+            dataset = self._local.dataset = copy.copy(self.dataset)
+        return dataset.dali_input(raw)
+
+    def _queue_next(self) -> None:
+        items_N = next(self.batches)
+        self.recent = (self.recent + [items_N])[-8:]  # batches queued or in DALI's prefetch queue, to name a bad file
+        raws = [self.dataset.raw_index(int(i)) for i in items_N]
+        if self._pool is None:
+            inputs = [self.dataset.dali_input(raw) for raw, _ in raws]
+        else:
+            inputs = [self._pool.submit(self._read, raw) for raw, _ in raws]
+        self._pending.append((inputs, [np.array(flip, dtype=np.int32) for _, flip in raws],
+                              [np.array(self.dataset.labels[raw], dtype=np.int64) for raw, _ in raws]))
 
     def __call__(self):
-        items_N = next(self.batches)
-        self.recent = (self.recent + [items_N])[-8:]  # batches in DALI's prefetch queue, to name a bad file
-        raws = [self.dataset.raw_index(int(i)) for i in items_N]
-        return ([self.dataset.dali_input(raw) for raw, _ in raws], [np.array(flip, dtype=np.int32) for _, flip in raws],
-                [np.array(self.dataset.labels[raw], dtype=np.int64) for raw, _ in raws])
+        while len(self._pending) < (1 if self._pool is None else 2):  # this batch, and the next one reading
+            self._queue_next()
+        inputs, flips, labels = self._pending.popleft()
+        if self._pool is not None:
+            inputs = [future.result() for future in inputs]  # re-raises a reader's error
+        return inputs, flips, labels
+
+    def close(self) -> None:
+        """Drop queued reads and stop the reader threads."""
+        self._pending.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
 
 def _dali_pipeline(dataset: Dataset, source: _DaliSource, *, batch_size: int, device_id: int | None,
@@ -116,20 +170,22 @@ class Loader:
     Each rank reads batch_size items per step from its shard (see _ShardOrder); the order is a
     function of (seed, epoch) only. `state_dict()` is the position of the next batch, {"epoch",
     "index"} plus the item count, and `load_state_dict` restarts exactly there (JSON-safe ints).
-    Backends: "dali" (DALI pipeline fed by a non-parallel external source; decodes on the GPU with
-    `mixed` when device is CUDA), "torch" (DataLoader with num_workers worker processes, PIL
-    decode), "auto" (DALI for file datasets when importable, else torch: the synthetic dataset has
+    Backends: "dali" (DALI pipeline with num_threads = max(1, num_workers), fed by an external
+    source whose files num_workers threads read one batch ahead, see _DaliSource; decodes on the
+    GPU with `mixed` when device is CUDA), "torch" (DataLoader with num_workers worker processes,
+    PIL decode), "auto" (DALI for file datasets when importable, else torch: the synthetic dataset has
     nothing to decode and its rendering parallelizes over DataLoader workers, so auto picks torch
     for it; backend="dali" feeds its rendered pixels through the pipeline instead).
+    The batches do not depend on num_workers. `pipeline` is the running DALI pipeline (None
+    before the first batch, after close() and on the torch backend).
     """
 
     def __init__(self, dataset: Dataset, *, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 device="cpu", backend: str = "auto", num_workers: int = 0, num_threads: int = 2):
+                 device="cpu", backend: str = "auto", num_workers: int = 0):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
-        if batch_size < 1 or num_workers < 0 or num_threads < 1:
-            raise ValueError(f"need batch_size >= 1, num_workers >= 0, num_threads >= 1; got {batch_size}, "
-                             f"{num_workers}, {num_threads}")
+        if batch_size < 1 or num_workers < 0:
+            raise ValueError(f"need batch_size >= 1 and num_workers >= 0; got {batch_size}, {num_workers}")
         if len(dataset) < world_size:
             raise ValueError(f"{dataset.name}: {len(dataset)} items cannot be sharded over {world_size} ranks")
         if backend not in ("auto", "dali", "torch"):
@@ -138,7 +194,8 @@ class Loader:
             backend = "dali" if dataset.encoded and dali_available() else "torch"
         self.dataset, self.batch_size, self.backend = dataset, batch_size, backend
         self.device, self.seed = torch.device(device), seed
-        self.num_workers, self.num_threads = num_workers, num_threads
+        self.num_workers = num_workers
+        self.pipeline = None
         self._order = _ShardOrder(len(dataset), rank, world_size, seed)
         self._epoch, self._index = 0, 0
         self._stream = None  # the running backend, started lazily at (epoch, index)
@@ -193,19 +250,22 @@ class Loader:
         device_id = None
         if self.device.type == "cuda":
             device_id = self.device.index if self.device.index is not None else torch.cuda.current_device()
-        source = _DaliSource(self.dataset, batches)
-        pipe = _dali_pipeline(self.dataset, source, batch_size=self.batch_size, device_id=device_id,
-                              num_threads=self.num_threads, seed=self.seed)
+        source = _DaliSource(self.dataset, batches, readers=self.num_workers)
+        self.pipeline = _dali_pipeline(self.dataset, source, batch_size=self.batch_size, device_id=device_id,
+                                       num_threads=max(1, self.num_workers), seed=self.seed)
         try:
-            iterator = DALIGenericIterator([pipe], ["images", "labels"])
+            iterator = DALIGenericIterator([self.pipeline], ["images", "labels"])
             while True:
                 out = next(iterator)[0]
                 yield out["images"].to(self.device), out["labels"].reshape(-1).to(self.device)
         except Exception:
-            for items_N in source.recent:  # name the file DALI could not decode
+            for items_N in source.recent:  # name the file DALI (or a reader thread) could not decode
                 for i in items_N:
                     self.dataset.get(int(i))  # raises ValueError naming the file
             raise
+        finally:
+            source.close()
+            self.pipeline = None
 
 
 def dali_available() -> bool:
@@ -218,11 +278,13 @@ def dali_available() -> bool:
 
 
 def make_loader(dataset: Dataset, *, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
-                device="cpu", backend: str = "auto", num_workers: int = 0, num_threads: int = 2) -> Loader:
+                device="cpu", backend: str = "auto", num_workers: int = 0) -> Loader:
     """Infinite, sharded, resumable batch iterator over dataset (see Loader).
 
     batch_size: images per rank per step. rank/world_size: the global rank and the number of
     ranks (shard_id and num_shards). seed: the shuffle seed, the same on every rank.
+    num_workers (--workers): torch DataLoader worker processes; for DALI its CPU threads and the
+    file-reading threads feeding it (0: read in the training process). Batches do not depend on it.
     """
     return Loader(dataset, batch_size=batch_size, rank=rank, world_size=world_size, seed=seed, device=device,
-                  backend=backend, num_workers=num_workers, num_threads=num_threads)
+                  backend=backend, num_workers=num_workers)

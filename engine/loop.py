@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from engine import checkpoint
-from engine.compile import maybe_compile
+from engine.compile import compile_enabled
 from engine.config import TrainConfig, to_dict
 from engine.losses import blur, d_loss, g_loss, path_length_penalty
 from engine.samples import save_grid
@@ -169,27 +169,54 @@ def run_metrics(cfg: TrainConfig, g_ema, st, detectors: dict, device, rank: int,
 
 
 class _Status:
-    """Rank 0's progress bar and telemetry (no-ops on other ranks)."""
+    """Rank 0's progress bar and telemetry (no-ops on other ranks). `update` moves the bar (host
+    only, every iteration); `read` and `show` touch NVML and device memory: once per tick."""
 
     def __init__(self, cfg: TrainConfig, enabled: bool, device: torch.device):
-        self.telemetry = Telemetry(device.index or 0) if device.type == "cuda" else Telemetry()
+        self.telemetry = Telemetry(device.index or 0) if device.type == "cuda" and enabled else None
         self.device = device
         self.bar = tqdm(total=cfg.kimg, unit="kimg", desc=f"stage {cfg.stage}", dynamic_ncols=True,
                         disable=not enabled)
 
-    def update(self, cur_nimg: int, losses: dict) -> None:
-        if self.bar.disable:
-            return
-        t = self.telemetry.read()
+    def update(self, cur_nimg: int) -> None:
+        if not self.bar.disable:
+            self.bar.update(min(cur_nimg / 1000, self.bar.total) - self.bar.n)
+
+    def show(self, losses: dict[str, float], t: dict) -> None:
         short = {k: f"{t[k]:.0f}" for k in ("gpu_mem_gb", "gpu_util_pct", "power_w") if k in t}
-        self.bar.update(min(cur_nimg / 1000, self.bar.total) - self.bar.n)
         self.bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()} | short, refresh=False)
 
     def read(self) -> dict:
-        out = self.telemetry.read()
+        out = self.telemetry.read() if self.telemetry is not None else {}
         if self.device.type == "cuda":
             out["peak_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         return out
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class _TickLosses:
+    """Per-phase losses summed on the device over a tick and read back once at its end (no
+    host sync per micro-batch): the tick's mean of each phase's loss."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.sums, self.counts = device, {}, {}
+
+    def add(self, key: str, loss: torch.Tensor) -> None:
+        value = loss.detach().float().reshape(())
+        self.sums[key] = self.sums[key] + value if key in self.sums else value
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def read(self) -> dict[str, float]:
+        """{key: mean} with one device-to-host copy; clears the sums."""
+        if not self.sums:
+            return {}
+        keys = list(self.sums)
+        means = (torch.stack([self.sums[k] for k in keys]) / torch.tensor([self.counts[k] for k in keys],
+                                                                              device=self.device)).tolist()
+        self.sums, self.counts = {}, {}
+        return dict(zip(keys, means))
 
     def close(self) -> None:
         self.bar.close()
@@ -220,9 +247,9 @@ def train_stage(cfg: TrainConfig, device: torch.device, log=print) -> Progress:
         from engine.memory import checkpoint_synthesis
 
         say(f"activation checkpointing: {', '.join(checkpoint_synthesis(st.G, cfg.act_ckpt)) or 'no layer'}")
-    for net in (st.G, st.D):
-        maybe_compile(net, enabled=cfg.compile, device=device)
-    be.setup(st.G, st.D, cfg.optim)
+    compiled = compile_enabled(cfg.compile, device)
+    be.setup(st.G, st.D, cfg.optim, compile=compiled)
+    say(f"torch.compile: {'on' if compiled else 'off'} (--compile {cfg.compile}, {device.type})")
     G = be.g_module  # raw module: the path-length phase calls its submodules
     if main:
         ds = {n: be.config(n, cfg.optim) for n in ("G", "D")} if hasattr(be, "config") else None
@@ -244,21 +271,25 @@ def train_stage(cfg: TrainConfig, device: torch.device, log=print) -> Progress:
     grid_c = (torch.arange(64) % st.c_dim).to(device) if st.c_dim else None
     iterator = iter(st.loader)
 
+    label_probs = st.label_probs.to(device, torch.float32) if st.c_dim else None
+
     def labels(n: int) -> torch.Tensor | None:
-        """Fake labels follow the dataset's label histogram (SPEC 5.2)."""
-        return torch.multinomial(st.label_probs, n, replacement=True).to(device) if st.c_dim else None
+        """Fake labels follow the dataset's label histogram (SPEC 5.2); drawn on the device."""
+        return torch.multinomial(label_probs, n, replacement=True) if st.c_dim else None
 
     def onehot(c: torch.Tensor | None) -> torch.Tensor | None:
         return None if c is None else F.one_hot(c, st.c_dim).float()
 
-    losses = {}
+    tick_losses = _TickLosses(device)
+    pl_mean = torch.tensor(prog.pl_mean, device=device)  # on the device; prog.pl_mean is written per tick
     done = prog.cur_nimg >= total_nimg
-    status.update(prog.cur_nimg, losses)
+    status.update(prog.cur_nimg)
     if done:
         say(f"stage {cfg.stage} is trained to {prog.cur_nimg / 1000:g} kimg already (--kimg {cfg.kimg:g}): nothing to do; "
             f"raise --kimg to continue")
     while not done:
-        sigma = torch.tensor(cfg.blur_sigma(prog.cur_nimg), device=device)
+        sigma_now = cfg.blur_sigma(prog.cur_nimg)
+        sigma = torch.tensor(sigma_now, device=device)  # 0-d: never recompiles
         reals, real_labels = next(iterator)
         reals = reals.to(device).float() / 127.5 - 1
         real_c = real_labels.to(device) if st.c_dim else None
@@ -274,18 +305,18 @@ def train_stage(cfg: TrainConfig, device: torch.device, log=print) -> Progress:
                 with be.autocast("D"):
                     loss = loss + cfg.loss.cls_weight * st.guidance(img, onehot(c)).float()
             be.backward("G", loss)
-            losses["G"] = float(loss.detach())
+            tick_losses.add("G", loss)
         if pl_active and prog.cur_nimg >= cfg.loss.pl_start_kimg * 1000 and prog.batch_idx % cfg.optim.g_reg_interval == 0:
             n = max(cfg.batch_gpu // cfg.loss.pl_batch_shrink, 1)
-            for _ in range(rounds):  # eager: double backward does not compile
-                z = torch.randn(n, G.cfg.z_dim, device=device)
-                ws = G.mapping(z, labels(n))
-                penalty, new_mean = path_length_penalty(G.synthesis, ws, torch.tensor(prog.pl_mean, device=device),
-                                                        cfg.loss.pl_decay)
-                prog.pl_mean = float(new_mean)
-                scale = cfg.loss.pl_weight * (cfg.optim.g_reg_interval if cfg.loss.pl_times_interval else 1)
-                be.backward("G", penalty.mean() * scale)
-                losses["pl"] = float(penalty.mean().detach())
+            for _ in range(rounds):
+                with torch.compiler.set_stance("force_eager"):  # double backward does not compile
+                    z = torch.randn(n, G.cfg.z_dim, device=device)
+                    ws = G.mapping(z, labels(n))
+                    penalty, pl_mean = path_length_penalty(G.synthesis, ws, pl_mean, cfg.loss.pl_decay)
+                    pl_mean = pl_mean.detach()
+                    scale = cfg.loss.pl_weight * (cfg.optim.g_reg_interval if cfg.loss.pl_times_interval else 1)
+                    be.backward("G", penalty.mean() * scale)
+                tick_losses.add("pl", penalty.mean())
         be.step("G")
 
         # D-main: fakes (with the w_avg update, no G gradient), then reals; one backward per chunk.
@@ -300,24 +331,29 @@ def train_stage(cfg: TrainConfig, device: torch.device, log=print) -> Progress:
             loss = d_loss(be.forward("D", blur(fake, sigma), onehot(c)), be.forward("D", blur(reals[chunk], sigma), rc),
                           split, reduction)
             be.backward("D", loss)
-            losses["D"] = float(loss.detach())
+            tick_losses.add("D", loss)
         be.step("D")
 
         be.update_ema(cfg.ema_beta(prog.cur_nimg))
         prog.cur_nimg += cfg.batch
         prog.batch_idx += 1
-        status.update(prog.cur_nimg, losses)
+        status.update(prog.cur_nimg)
         done = prog.cur_nimg >= total_nimg
         if not done and prog.cur_nimg < tick_start_nimg + cfg.tick * 1000:
             continue
 
         # Tick: status line, stats, and every `snap` ticks a sample grid, the metrics and a checkpoint.
+        # The only host reads of the tick's device values happen here.
         prog.cur_tick += 1
+        prog.pl_mean = float(pl_mean)
+        losses = tick_losses.read()
+        telemetry = status.read()
+        status.show(losses, telemetry)
         now = time.time()
         sec_per_kimg = (now - tick_start_time) / max((prog.cur_nimg - tick_start_nimg) / 1000, 1e-8)
         stats = {"tick": prog.cur_tick, "kimg": prog.cur_nimg / 1000, "sec_per_kimg": sec_per_kimg,
-                 "img_per_sec": 1000 / sec_per_kimg, "total_sec": now - start_time, "blur_sigma": float(sigma),
-                 **{f"loss_{k}": v for k, v in losses.items()}, **status.read()}
+                 "img_per_sec": 1000 / sec_per_kimg, "total_sec": now - start_time, "blur_sigma": sigma_now,
+                 **{f"loss_{k}": v for k, v in losses.items()}, **telemetry}
         if cfg.max_ticks is not None and prog.cur_tick >= cfg.max_ticks:
             done = True
         snapshot = done or prog.cur_tick % cfg.snap == 0

@@ -55,8 +55,14 @@ class MappingNetwork(nn.Module):
             if tuple(c.shape) != (n, self.c_dim):
                 raise ValueError(f"one-hot c must have shape [{n}, {self.c_dim}], got {tuple(c.shape)}")
             idx = c.argmax(dim=1)
-        if not torch.compiler.is_compiling() and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.c_dim):
-            raise ValueError(f"class indices must be in [0, {self.c_dim}), got range [{int(idx.min())}, {int(idx.max())}]")
+        if not torch.compiler.is_compiling() and idx.numel():
+            if idx.device.type == "cpu":  # free to check exactly here
+                if int(idx.min()) < 0 or int(idx.max()) >= self.c_dim:
+                    raise ValueError(f"class indices must be in [0, {self.c_dim}), got range "
+                                     f"[{int(idx.min())}, {int(idx.max())}]")
+            else:  # no host sync on an accelerator: a device-side assert
+                torch._assert_async(((idx >= 0) & (idx < self.c_dim)).all(),
+                                    f"class indices must be in [0, {self.c_dim})")
         return idx
 
     def forward(self, z_NZ: torch.Tensor, c=None, *, psi=1.0, truncation_cutoff: int | None = None,

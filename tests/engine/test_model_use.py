@@ -34,7 +34,7 @@ def trained(tmp_path_factory):
         mp.setenv("SGXL_METRICS_CACHE", str(run / "cache"))
         mp.setitem(metrics.METRICS, "rfid64_80", spec)
         cfg = TrainConfig(stage=16, run_dir=str(run), preset="tiny", batch=4, batch_gpu=2, tick=0.008, snap=1, kimg=1,
-                          max_ticks=2, d_backbones=("tf_efficientnet_lite0",), d_weights="random", compile=False,
+                          max_ticks=2, d_backbones=("tf_efficientnet_lite0",), d_weights="random", compile="off",
                           workers=0, seed=1, backend="plain", metrics=("rfid64_80",))
         train_stage(cfg, torch.device("cpu"), log=lambda *a: None)
     return run / "stage16"

@@ -19,7 +19,7 @@ from engine.loop import train_stage
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = dict(preset="tiny", batch=4, batch_gpu=2, tick=0.008, snap=1, kimg=1.0, d_backbones=("tf_efficientnet_lite0",),
-            d_weights="random", compile=False, workers=0, seed=3)
+            d_weights="random", compile="off", workers=0, seed=3)
 
 
 def _cfg(run_dir, **kw) -> TrainConfig:
