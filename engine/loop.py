@@ -278,7 +278,8 @@ def train_stage(cfg: TrainConfig, device: torch.device, log=print) -> Progress:
         return torch.multinomial(label_probs, n, replacement=True) if st.c_dim else None
 
     def onehot(c: torch.Tensor | None) -> torch.Tensor | None:
-        return None if c is None else F.one_hot(c, st.c_dim).float()
+        # Compared with arange rather than F.one_hot, whose range check reads the labels back on the CPU.
+        return None if c is None else (c[:, None] == torch.arange(st.c_dim, device=c.device)).float()
 
     tick_losses = _TickLosses(device)
     pl_mean = torch.tensor(prog.pl_mean, device=device)  # on the device; prog.pl_mean is written per tick

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from kernels._launch import split_f32
+from kernels._launch import LaunchConfig, split_f32
 
 BLOCK = 1024
 
@@ -67,18 +67,29 @@ def _dense(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous()
 
 
-def _launch(x, b, dy, out, dim, slope, gain, clamp):
+def launch_config(dtype: torch.dtype, *, has_bias: bool, has_clamp: bool, grad: bool) -> LaunchConfig:
+    """Compile-time settings of one launch: the constexprs and warps of _bias_act_kernel.
+    _launch uses it, and so does tests/kernels/aot_compile.py."""
+    return LaunchConfig.of(HAS_BIAS=has_bias, HAS_CLAMP=has_clamp, GRAD=grad, F64=dtype == torch.float64, BLOCK=BLOCK,
+                           num_warps=4)  # Triton's default, stated so the AOT test compiles the same
+
+
+def launch_args(x, b, dy, out, dim, slope, gain, clamp):
+    """(grid, positional arguments, launch config) of one launch over x's dense storage."""
     numel = x.numel()
-    if numel == 0:
-        return
     size_dim = x.shape[dim]
     stride_dim = x.stride(dim) if size_dim > 1 else 1
-    wrap_triton(_bias_act_kernel)[(triton.cdiv(numel, BLOCK),)](
-        x, b if b is not None else x, dy if dy is not None else x, out,
-        numel, stride_dim, size_dim, *split_f32(slope), *split_f32(gain), *split_f32(clamp),
-        HAS_BIAS=b is not None, HAS_CLAMP=clamp >= 0, GRAD=dy is not None,
-        F64=x.dtype == torch.float64, BLOCK=BLOCK,
-    )
+    cfg = launch_config(x.dtype, has_bias=b is not None, has_clamp=clamp >= 0, grad=dy is not None)
+    args = (x, b if b is not None else x, dy if dy is not None else x, out,
+            numel, stride_dim, size_dim, *split_f32(slope), *split_f32(gain), *split_f32(clamp))
+    return (triton.cdiv(numel, BLOCK),), args, cfg
+
+
+def _launch(x, b, dy, out, dim, slope, gain, clamp):
+    if x.numel() == 0:
+        return
+    grid, args, cfg = launch_args(x, b, dy, out, dim, slope, gain, clamp)
+    wrap_triton(_bias_act_kernel)[grid](*args, **cfg.launch_kwargs())
 
 
 @triton_op("sgxl::bias_act_fwd", mutates_args={})

@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from kernels._launch import next_pow2, split_f32
+from kernels._launch import LaunchConfig, next_pow2, split_f32
 
 TILE = 16  # outputs per tile and axis; TILE * D2 is a multiple of 4, so mask bytes never straddle tiles
 _BIG = tl.constexpr(1 << 20)  # makes floor division exact for the bounded negative numerators that occur
@@ -157,25 +157,45 @@ def _precision(dtype: torch.dtype) -> str:
     return {torch.float64: "ieee", torch.bfloat16: "tf32"}.get(dtype, "tf32x3")
 
 
-def _launch(mode, src, b, scale, mask, c1, c2, y, u1, p1x, p1y, d2, off2x, off2y, s_h, s_w, gain, slope, clamp, write_mask):
+def launch_config(mode: int, dtype: torch.dtype, u1: int, d2: int, k1: int, k2: int, *, has_bias: bool,
+                  has_scale: bool, has_clamp: bool, write_mask: bool) -> LaunchConfig:
+    """Compile-time settings of one pass: the constexprs and warps of _flrelu_kernel.
+
+    The one place they are decided: _launch uses it, and so does tests/kernels/aot_compile.py.
+    dtype is the source's; k1, k2 are the taps of c1, c2; the clamp only exists in MODE 0.
+    """
+    sp, ip = tile_sizes(u1, d2, k1, k2)
+    return LaunchConfig.of(
+        U1=u1, D2=d2, K1=k1, K2=k2, T=TILE, SP=sp, IP=ip,
+        MODE=mode, HAS_BIAS=has_bias, HAS_SCALE=has_scale, HAS_CLAMP=has_clamp and mode == 0, WRITE_MASK=write_mask,
+        F64=dtype == torch.float64, PREC=_precision(dtype), num_warps=8 if sp >= 128 else 4,
+    )
+
+
+def launch_args(mode, src, b, scale, mask, c1, c2, y, u1, p1x, p1y, d2, off2x, off2y, s_h, s_w, gain, slope, clamp,
+                write_mask) -> tuple[tuple[int, int], tuple, LaunchConfig]:
+    """(grid, positional arguments, launch config) of one pass; the tensors may be on any device."""
     n, c, in_h, in_w = src.shape
     out_h, out_w = y.shape[2:]
-    if y.numel() == 0:
-        return
-    f64 = src.dtype == torch.float64
-    k1, k2 = c1.shape[0], c2.shape[0]
-    sp, ip = tile_sizes(u1, d2, k1, k2)
+    cfg = launch_config(mode, src.dtype, u1, d2, c1.shape[0], c2.shape[0], has_bias=b is not None,
+                        has_scale=scale is not None, has_clamp=clamp is not None, write_mask=write_mask)
     grid = (n * c, triton.cdiv(out_h, TILE) * triton.cdiv(out_w, TILE))
-    wrap_triton(_flrelu_kernel)[grid](
+    args = (
         src, b if b is not None else src, scale if scale is not None else src, mask, c1, c2, y,
         c, in_h, in_w, out_h, out_w, s_h, s_w, mask.shape[-1] if mask.numel() else 1,
         *src.stride(), *y.stride(),
         p1x, p1y, off2x, off2y,
         *split_f32(gain), *split_f32(slope), *split_f32(-1.0 if clamp is None else clamp),
-        U1=u1, D2=d2, K1=k1, K2=k2, T=TILE, SP=sp, IP=ip,
-        MODE=mode, HAS_BIAS=b is not None, HAS_SCALE=scale is not None, HAS_CLAMP=clamp is not None and mode == 0, WRITE_MASK=write_mask,
-        F64=f64, PREC=_precision(src.dtype), num_warps=8 if sp >= 128 else 4,
     )
+    return grid, args, cfg
+
+
+def _launch(mode, src, b, scale, mask, c1, c2, y, u1, p1x, p1y, d2, off2x, off2y, s_h, s_w, gain, slope, clamp, write_mask):
+    if y.numel() == 0:
+        return
+    grid, args, cfg = launch_args(mode, src, b, scale, mask, c1, c2, y, u1, p1x, p1y, d2, off2x, off2y, s_h, s_w,
+                                  gain, slope, clamp, write_mask)
+    wrap_triton(_flrelu_kernel)[grid](*args, **cfg.launch_kwargs())
 
 
 @triton_op("sgxl::filtered_lrelu_fwd", mutates_args={})

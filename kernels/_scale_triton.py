@@ -12,6 +12,8 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from kernels._launch import LaunchConfig
+
 BLOCK = 1024
 
 
@@ -34,18 +36,29 @@ def _dense(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous()
 
 
+def launch_config(dtype: torch.dtype) -> LaunchConfig:
+    """Compile-time settings of one launch (x's dtype): the constexprs and warps of _scale_kernel.
+    scale_channels uses it, and so does tests/kernels/aot_compile.py."""
+    return LaunchConfig.of(F64=dtype == torch.float64, BLOCK=BLOCK,
+                           num_warps=4)  # Triton's default, stated so the AOT test compiles the same
+
+
+def launch_args(x, s, y):
+    """(grid, positional arguments, launch config) of one launch over x's dense storage."""
+    n, c = x.shape[:2]
+    args = (x, s, y, x.numel(), n, c, x.stride(0) if n > 1 else 1, x.stride(1) if c > 1 else 1)
+    return (triton.cdiv(x.numel(), BLOCK),), args, launch_config(x.dtype)
+
+
 @triton_op("sgxl::scale_channels", mutates_args={})
 def scale_channels(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """x [N, C, H, W] times s [N, C] (float32/float64), in x's dtype and layout."""
     x = _dense(x)
     s = s.contiguous()
     y = torch.empty_like(x)
-    n, c = x.shape[:2]
     if x.numel():
-        wrap_triton(_scale_kernel)[(triton.cdiv(x.numel(), BLOCK),)](
-            x, s, y, x.numel(), n, c, x.stride(0) if n > 1 else 1, x.stride(1) if c > 1 else 1,
-            F64=x.dtype == torch.float64, BLOCK=BLOCK,
-        )
+        grid, args, cfg = launch_args(x, s, y)
+        wrap_triton(_scale_kernel)[grid](*args, **cfg.launch_kwargs())
     return y
 
 

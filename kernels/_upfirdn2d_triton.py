@@ -20,6 +20,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from kernels._args import upfirdn2d_out_size
+from kernels._launch import LaunchConfig
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -32,6 +33,26 @@ class Upfirdn2dLaunch:
 
 
 DEFAULT_LAUNCH = Upfirdn2dLaunch()
+
+
+def launch_config(dtype: torch.dtype, upx: int, upy: int, downx: int, downy: int, fh: int, fw: int,
+                  launch: Upfirdn2dLaunch = DEFAULT_LAUNCH) -> LaunchConfig:
+    """Compile-time settings of one pass (x's dtype, filter [fh, fw]): the constexprs and warps
+    of _upfirdn2d_kernel. upfirdn2d_pass uses it, and so does tests/kernels/aot_compile.py."""
+    return LaunchConfig.of(
+        UPX=upx, UPY=upy, DOWNX=downx, DOWNY=downy, FH=fh, FW=fw, ACC_F64=dtype == torch.float64,
+        BLOCK_H=launch.block_h, BLOCK_W=launch.block_w, num_warps=launch.num_warps,
+    )
+
+
+def launch_args(x, h, y, upx, upy, downx, downy, px0, py0, launch: Upfirdn2dLaunch = DEFAULT_LAUNCH):
+    """(grid, positional arguments, launch config) of one pass; h is already in the compute dtype."""
+    n, c, in_h, in_w = x.shape
+    out_h, out_w = y.shape[2:]
+    cfg = launch_config(x.dtype, upx, upy, downx, downy, h.shape[0], h.shape[1], launch)
+    grid = (n * c, triton.cdiv(out_h, launch.block_h) * triton.cdiv(out_w, launch.block_w))
+    args = (x, h, y, c, in_h, in_w, out_h, out_w, *x.stride(), *y.stride(), px0, py0)
+    return grid, args, cfg
 
 
 @triton.jit
@@ -105,16 +126,9 @@ def upfirdn2d_pass(
     if y.numel() == 0:
         return y
     h = h.to(torch.float64 if x.dtype == torch.float64 else torch.float32).contiguous()
-    grid = (n * c, triton.cdiv(out_h, block_h) * triton.cdiv(out_w, block_w))
-    wrap_triton(_upfirdn2d_kernel)[grid](
-        x, h, y,
-        c, in_h, in_w, out_h, out_w,
-        *x.stride(), *y.stride(),
-        px0, py0,
-        UPX=upx, UPY=upy, DOWNX=downx, DOWNY=downy,
-        FH=h.shape[0], FW=h.shape[1], ACC_F64=x.dtype == torch.float64,
-        BLOCK_H=block_h, BLOCK_W=block_w, num_warps=num_warps,
-    )
+    launch = Upfirdn2dLaunch(block_h=block_h, block_w=block_w, num_warps=num_warps)
+    grid, args, cfg = launch_args(x, h, y, upx, upy, downx, downy, px0, py0, launch)
+    wrap_triton(_upfirdn2d_kernel)[grid](*args, **cfg.launch_kwargs())
     return y
 
 

@@ -106,7 +106,7 @@ class MappingNetwork(nn.Module):
         if idx is None:
             self.w_avg.copy_(w.mean(0) + beta * (self.w_avg - w.mean(0)))
             return
-        onehot = torch.nn.functional.one_hot(idx, self.c_dim).to(w.dtype)  # [N, C]
+        onehot = (idx[:, None] == torch.arange(self.c_dim, device=idx.device)).to(w.dtype)  # [N, C]; no host sync
         rank = (onehot.cumsum(0) * onehot).sum(1) - 1  # position of each sample within its class
         count = onehot.sum(0)  # [C]
         k = count[idx]  # class size of each sample's class
