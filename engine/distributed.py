@@ -201,6 +201,8 @@ class Backend:
         self.modules = {"G": G, "D": D}
         self._ema_template = uncompiled_copy(G).to("meta")
         self.trainable = {n: [p for p in m.parameters() if p.requires_grad] for n, m in self.modules.items()}
+        # Before setup moves anything: ZeRO-3 re-registers frozen parameters as buffers.
+        self.param_names = {n: [k for k, _ in m.named_parameters()] for n, m in self.modules.items()}
 
     @property
     def g_module(self) -> nn.Module:
@@ -302,9 +304,10 @@ class Backend:
         under ZeRO-3; built on each call, so keep it only while needed)."""
         m = copy.deepcopy(self._ema_template).to_empty(device=self.device)
         m.load_state_dict(self.ema_state_dict())
+        src = dict(self.g_module.named_buffers())  # under ZeRO-3 also G's frozen params (same names)
         with torch.no_grad():
-            for b, src in zip(m.buffers(), self.g_module.buffers()):
-                b.copy_(src)  # non-persistent buffers too
+            for name, b in m.named_buffers():
+                b.copy_(src[name])  # non-persistent buffers too
         return m.requires_grad_(False)
 
     # -- checkpoints ------------------------------------------------------------------------------

@@ -95,8 +95,7 @@ def shared_digest(parts: dict[str, dict[str, torch.Tensor]], be) -> str:
     """sha256 of everything every rank must hold identically: G and D parameters, the EMA and the
     Adam moments. Buffers (BatchNorm statistics, w_avg) are rank-local by design and left out."""
     h = hashlib.sha256()
-    names = {"G": [n for n, _ in be.g_module.named_parameters()], "D": [n for n, _ in be.d_module.named_parameters()]}
-    names["G_ema"] = names["G"]
+    names = {"G": be.param_names["G"], "D": be.param_names["D"], "G_ema": be.param_names["G"]}
     for part in ("G", "D", "G_ema", "opt_G", "opt_D"):
         for k in names.get(part) or sorted(parts[part]):
             h.update(f"{part}/{k}".encode())

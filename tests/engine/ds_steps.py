@@ -93,9 +93,8 @@ def iteration(be, batch: dict[str, torch.Tensor], chunks: list[slice], split, lo
 
 def shared_keys(be) -> dict[str, list[str]]:
     """Per part, the keys that must agree across ranks: parameters and optimizer moments."""
-    g_params = [n for n, _ in be.g_module.named_parameters()]
-    d_params = [n for n, _ in be.d_module.named_parameters()]
-    return {"G": g_params, "D": d_params, "G_ema": g_params, "opt_G": None, "opt_D": None}
+    names = be.param_names  # ZeRO-3 turns frozen parameters into buffers; these are the names before
+    return {"G": names["G"], "D": names["D"], "G_ema": names["G"], "opt_G": None, "opt_D": None}
 
 
 def digest(parts: dict, keys: dict) -> tuple[str, dict[str, list[float]]]:
