@@ -1,11 +1,12 @@
 """Training throughput per stage: one full iteration (G step + D step + EMA), eager and compiled.
 
-The iteration is engine/loop.py's on one process with one chunk (batch = batch_gpu):
-G-main (D frozen; G(z, c) -> blur -> D -> hinge g_loss, backward, Adam step), D-main (fakes from
-G under no_grad with the w_avg update, then reals, each through blur and its own D call; one
-combined d_loss, backward, Adam step), then the G_ema update. Losses, blur and EMA come from
-engine/ (losses.py, ema.py); the models are built directly (model.generator.build_generator +
-freeze_carried, ProjectedDiscriminator) with plain torch.optim.Adam (SPEC 5.2 settings). Not in
+The iteration is the training loop's own (engine/step.py's train_iteration) on one process with
+one chunk (batch = batch_gpu), through engine/distributed.py's PlainBackend (torch.optim.Adam with
+the SPEC 5.2 settings; the GPU machine has no DeepSpeed): G-main (D frozen; G(z, c) -> blur -> D
+-> hinge g_loss, backward, Adam step), D-main (fakes from G under no_grad with the w_avg update,
+then reals, each through blur and its own D call; one combined d_loss, backward, Adam step), then
+the G_ema update. The models are built directly (model.generator.build_generator +
+freeze_carried, ProjectedDiscriminator); compiled = engine/compile.py's regions. Not in
 the timing: data loading (reals are a random device tensor), path-length regularization (stem,
 every 4th iteration, from 1M images), classifier guidance, logging.
 
@@ -25,20 +26,18 @@ fits. CPU smoke: tiny preset at 16², batch 2, lite0 only, eager.
 
 from __future__ import annotations
 
-import copy
 import gc
 import math
 import time
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from bench.conftest import DEVICE, HAS_CUDA, run_benchmark, sync
 from bench.profile_layers import discriminator_forward_flops, generator_forward_flops
-from engine.compile import maybe_compile
-from engine.ema import update_ema
-from engine.losses import blur, d_loss, g_loss
+from engine.config import OptimConfig
+from engine.distributed import PlainBackend
+from engine.step import train_iteration
 from engine.telemetry import Telemetry
 from model.config import PRESETS
 from model.discriminator import ProjectedDiscriminator
@@ -48,9 +47,6 @@ from model.generator import build_generator, freeze_carried
 C_DIM = 1000  # ImageNet-conditional, as the paper
 BATCH_GPU = 8  # README recipe: batch 64 over 8 GPUs
 GPU_STAGES = (16, 32, 64, 128, 256, 512, 1024)
-# Adam after the lazy-regularization scaling (SPEC 5.2): G interval 4, D interval 16.
-ADAM = {"G": dict(lr=0.0025 * 4 / 5, betas=(0.0, 0.99 ** (4 / 5)), eps=1e-8),
-        "D": dict(lr=0.002 * 16 / 17, betas=(0.0, 0.99 ** (16 / 17)), eps=1e-8)}
 
 CASES = [pytest.param("tiny", 16, 2, (LITE0,), id="tiny16_b2_lite0")] + [
     pytest.param("paper", res, BATCH_GPU, (DEIT_B, LITE0), id=f"paper{res}_b{BATCH_GPU}",
@@ -60,54 +56,33 @@ CASES = [pytest.param("tiny", 16, 2, (LITE0,), id="tiny16_b2_lite0")] + [
 
 
 class TrainStep:
-    """G, G_ema, D and their optimizers for one stage; `step()` runs one training iteration."""
+    """G, D and their optimizers for one stage in a PlainBackend; `step()` runs engine/step.py's
+    train_iteration once (one chunk, blur at its start-of-stage strength, no path length)."""
 
     def __init__(self, preset: str, res: int, batch: int, backbones, *, compiled: bool, device: torch.device):
         self.batch, self.device = batch, device
-        self.autocast_bf16 = device.type == "cuda"
-        self.G = build_generator(preset, res, C_DIM).to(device)
-        freeze_carried(self.G)
-        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
-        self.D = ProjectedDiscriminator(backbones, C_DIM, weights="random").to(device)
-        self.g_fwd_flops = generator_forward_flops(self.G, 1)
+        G = build_generator(preset, res, C_DIM).to(device)
+        freeze_carried(G)
+        D = ProjectedDiscriminator(backbones, C_DIM, weights="random").to(device)
+        self.g_fwd_flops = generator_forward_flops(G, 1)
         n = min(batch, 2)
-        d_flops = discriminator_forward_flops(self.D, res, n, device, self.autocast_bf16)
+        d_flops = discriminator_forward_flops(D, res, n, device, device.type == "cuda")
         self.d_fwd_flops = None if d_flops is None else d_flops / n
-        self.split = self.D.num_logits(res)
-        fused = device.type == "cuda"
-        self.opt_g = torch.optim.Adam([p for p in self.G.parameters() if p.requires_grad], **ADAM["G"], fused=fused)
-        self.opt_d = torch.optim.Adam([p for p in self.D.parameters() if p.requires_grad], **ADAM["D"], fused=fused)
-        self.G_train = maybe_compile(self.G, enabled=compiled, device=device)
-        self.D_train = maybe_compile(self.D, enabled=compiled, device=device)
-        self.reals = torch.rand(batch, 3, res, res, device=device) * 2 - 1
-        self.real_c = F.one_hot(torch.randint(0, C_DIM, (batch,), device=device), C_DIM).float()
+        self.split = D.num_logits(res)
+        self.be = PlainBackend(device=device, precision={"G": "fp32", "D": "autocast_bf16" if device.type == "cuda"
+                                                         else "fp32"})
+        self.be.setup(G, D, OptimConfig(), compile=compiled)
+        self.z_dim = G.cfg.z_dim
+        self.reals = [(torch.rand(batch, 3, res, res, device=device) * 2 - 1,
+                       torch.randint(0, C_DIM, (batch,), device=device))]
         self.sigma = torch.tensor(2.0, device=device)  # blur at its start-of-stage strength (0-d: no recompiles)
 
-    def _d(self, img, c):
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast_bf16):
-            return self.D_train(blur(img, self.sigma), c).float()
+    def _draw(self, phase: str, r: int, n: int):
+        return (torch.randn(n, self.z_dim, device=self.device), torch.randint(0, C_DIM, (n,), device=self.device))
 
     def step(self) -> None:
-        n, dev = self.batch, self.device
-        # G-main: D frozen, gradients flow through its activations into G.
-        self.D.requires_grad_(False)
-        self.G.requires_grad_(True)
-        freeze_carried(self.G)
-        self.opt_g.zero_grad(set_to_none=True)
-        c = torch.randint(0, C_DIM, (n,), device=dev)
-        img = self.G_train(torch.randn(n, self.G.cfg.z_dim, device=dev), c)
-        g_loss(self._d(img, F.one_hot(c, C_DIM).float()), self.split, "sum").backward()
-        self.opt_g.step()
-        # D-main: fakes (w_avg update, no G gradient), then reals; one combined loss.
-        self.G.requires_grad_(False)
-        self.D.requires_grad_(True)
-        self.opt_d.zero_grad(set_to_none=True)
-        c = torch.randint(0, C_DIM, (n,), device=dev)
-        with torch.no_grad():
-            fake = self.G_train(torch.randn(n, self.G.cfg.z_dim, device=dev), c, update_w_avg=True)
-        d_loss(self._d(fake, F.one_hot(c, C_DIM).float()), self._d(self.reals, self.real_c), self.split, "sum").backward()
-        self.opt_d.step()
-        update_ema(self.G_ema, self.G, 0.997784)  # SPEC 5.7's per-iteration beta after ramp-up
+        train_iteration(self.be, self.reals, self._draw, split=self.split, c_dim=C_DIM, reduction="sum",
+                        sigma=self.sigma, ema_beta=0.997784)  # SPEC 5.7's per-iteration beta after ramp-up
 
     def flops_per_image(self) -> float | None:
         """SPEC 9's model: 4 x G forward + 4 x D forward per real image."""
@@ -146,7 +121,7 @@ def _build_fitting(preset, res, batch, backbones, compiled, fits: dict):
 @pytest.mark.parametrize("preset,res,batch,backbones", CASES)
 def bench_training_step(benchmark, roofline, preset, res, batch, backbones, compiled):
     if compiled and not HAS_CUDA:
-        pytest.skip("torch.compile runs on GPU only (engine/compile.py)")
+        pytest.skip("CPU smoke runs eager: compiled timing is a GPU figure")
     if preset == "tiny" and HAS_CUDA:
         pytest.skip("CPU smoke size: the GPU runs the paper preset")
     torch._dynamo.reset()

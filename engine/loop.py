@@ -1,9 +1,9 @@
 """The training loop of one stage, top to bottom, on one or many ranks.
 
-Per iteration (SPEC 5.2), through the backend of engine/distributed.py (DeepSpeed engines, or
-plain PyTorch): G-main on every chunk with D frozen, path-length regularization every 4th
-iteration in the stem, G step; D-main (fakes with the w_avg update, then reals, one combined
-loss per chunk), D step; EMA. Schedules count images. A tick prints a status line and appends to
+Per iteration, engine/step.py's train_iteration (SPEC 5.2) through the backend of
+engine/distributed.py (DeepSpeed engines, or plain PyTorch): G-main on every chunk with D frozen,
+path-length regularization every 4th iteration in the stem, G step; D-main (fakes with the w_avg
+update, then reals, one combined loss per chunk), D step; EMA. Schedules count images. A tick prints a status line and appends to
 stats.jsonl; every `snap` ticks (and at the end) the loop writes latest.safetensors atomically
 and a sample grid PNG. Re-running the same command resumes from latest.
 
@@ -25,16 +25,15 @@ from pathlib import Path
 
 import torch
 import torch.distributed as tdist
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from engine import checkpoint
 from engine.compile import compile_enabled
 from engine.config import TrainConfig, to_dict
-from engine.losses import blur, d_loss, g_loss, path_length_penalty
 from engine.samples import save_grid
 from engine.stages import build_stage, stage_dir
 from engine.stats import StatsWriter
+from engine.step import PathLength, PhaseLosses, train_iteration
 from engine.telemetry import Telemetry
 
 FORMAT = "stylegan-xl-engine/2"  # /2: optimizer state keyed by parameter name, per-rank RNG
@@ -195,32 +194,6 @@ class _Status:
         self.bar.close()
 
 
-class _TickLosses:
-    """Per-phase losses summed on the device over a tick and read back once at its end (no
-    host sync per micro-batch): the tick's mean of each phase's loss."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.sums, self.counts = device, {}, {}
-
-    def add(self, key: str, loss: torch.Tensor) -> None:
-        value = loss.detach().float().reshape(())
-        self.sums[key] = self.sums[key] + value if key in self.sums else value
-        self.counts[key] = self.counts.get(key, 0) + 1
-
-    def read(self) -> dict[str, float]:
-        """{key: mean} with one device-to-host copy; clears the sums."""
-        if not self.sums:
-            return {}
-        keys = list(self.sums)
-        means = (torch.stack([self.sums[k] for k in keys]) / torch.tensor([self.counts[k] for k in keys],
-                                                                              device=self.device)).tolist()
-        self.sums, self.counts = {}, {}
-        return dict(zip(keys, means))
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 def train_stage(cfg: TrainConfig, device: torch.device, log=print) -> Progress:
     """Train one stage to cfg.kimg (or cfg.max_ticks); resumes from the stage's latest checkpoint.
 
@@ -260,7 +233,6 @@ def train_stage(cfg: TrainConfig, device: torch.device, log=print) -> Progress:
     if prog.cur_nimg:
         say(f"resuming {latest} at {prog.cur_nimg / 1000:.1f} kimg")
     split = st.D.num_logits(cfg.stage)
-    rounds = cfg.batch // (cfg.batch_gpu * world)
     reduction = cfg.loss.reduction
     total_nimg = int(cfg.kimg * 1000)
     tick_start_nimg, tick_start_time, start_time = prog.cur_nimg, time.time(), time.time()
@@ -272,16 +244,15 @@ def train_stage(cfg: TrainConfig, device: torch.device, log=print) -> Progress:
 
     label_probs = st.label_probs.to(device, torch.float32) if st.c_dim else None
 
-    def labels(n: int) -> torch.Tensor | None:
-        """Fake labels follow the dataset's label histogram (SPEC 5.2); drawn on the device."""
-        return torch.multinomial(label_probs, n, replacement=True) if st.c_dim else None
+    def draw(phase: str, r: int, n: int):
+        """Latents, and fake labels following the dataset's label histogram (SPEC 5.2), on the device."""
+        z = torch.randn(n, G.cfg.z_dim, device=device)
+        return z, torch.multinomial(label_probs, n, replacement=True) if st.c_dim else None
 
-    def onehot(c: torch.Tensor | None) -> torch.Tensor | None:
-        # Compared with arange rather than F.one_hot, whose range check reads the labels back on the CPU.
-        return None if c is None else (c[:, None] == torch.arange(st.c_dim, device=c.device)).float()
-
-    tick_losses = _TickLosses(device)
-    pl_mean = torch.tensor(prog.pl_mean, device=device)  # on the device; prog.pl_mean is written per tick
+    tick_losses = PhaseLosses(device)
+    pl = PathLength(batch=max(cfg.batch_gpu // cfg.loss.pl_batch_shrink, 1), decay=cfg.loss.pl_decay,
+                    weight=cfg.loss.pl_weight * (cfg.optim.g_reg_interval if cfg.loss.pl_times_interval else 1),
+                    mean=torch.tensor(prog.pl_mean, device=device))  # on the device; prog.pl_mean is written per tick
     done = prog.cur_nimg >= total_nimg
     status.update(prog.cur_nimg)
     if done:
@@ -291,50 +262,13 @@ def train_stage(cfg: TrainConfig, device: torch.device, log=print) -> Progress:
         sigma_now = cfg.blur_sigma(prog.cur_nimg)
         sigma = torch.tensor(sigma_now, device=device)  # 0-d: never recompiles
         reals, real_labels = next(iterator)
-        reals = reals.to(device).float() / 127.5 - 1
-        real_c = real_labels.to(device) if st.c_dim else None
-
-        # G-main: D frozen, gradients flow through its activations into G.
-        be.begin("G")
-        for _ in range(rounds):
-            z = torch.randn(cfg.batch_gpu, G.cfg.z_dim, device=device)
-            c = labels(cfg.batch_gpu)
-            img = be.forward("G", z, c)
-            loss = g_loss(be.forward("D", blur(img, sigma), onehot(c)), split, reduction)
-            if st.guidance is not None:
-                with be.autocast("D"):
-                    loss = loss + cfg.loss.cls_weight * st.guidance(img, onehot(c)).float()
-            be.backward("G", loss)
-            tick_losses.add("G", loss)
-        if pl_active and prog.cur_nimg >= cfg.loss.pl_start_kimg * 1000 and prog.batch_idx % cfg.optim.g_reg_interval == 0:
-            n = max(cfg.batch_gpu // cfg.loss.pl_batch_shrink, 1)
-            for _ in range(rounds):
-                with torch.compiler.set_stance("force_eager"):  # double backward does not compile
-                    z = torch.randn(n, G.cfg.z_dim, device=device)
-                    ws = G.mapping(z, labels(n))
-                    penalty, pl_mean = path_length_penalty(G.synthesis, ws, pl_mean, cfg.loss.pl_decay)
-                    pl_mean = pl_mean.detach()
-                    scale = cfg.loss.pl_weight * (cfg.optim.g_reg_interval if cfg.loss.pl_times_interval else 1)
-                    be.backward("G", penalty.mean() * scale)
-                tick_losses.add("pl", penalty.mean())
-        be.step("G")
-
-        # D-main: fakes (with the w_avg update, no G gradient), then reals; one backward per chunk.
-        be.begin("D")
-        for r in range(rounds):
-            z = torch.randn(cfg.batch_gpu, G.cfg.z_dim, device=device)
-            c = labels(cfg.batch_gpu)
-            with torch.no_grad():
-                fake = be.forward("G", z, c, update_w_avg=True)
-            chunk = slice(r * cfg.batch_gpu, (r + 1) * cfg.batch_gpu)
-            rc = onehot(real_c[chunk]) if real_c is not None else None
-            loss = d_loss(be.forward("D", blur(fake, sigma), onehot(c)), be.forward("D", blur(reals[chunk], sigma), rc),
-                          split, reduction)
-            be.backward("D", loss)
-            tick_losses.add("D", loss)
-        be.step("D")
-
-        be.update_ema(cfg.ema_beta(prog.cur_nimg))
+        reals = (reals.to(device).float() / 127.5 - 1).split(cfg.batch_gpu)
+        real_c = real_labels.to(device).split(cfg.batch_gpu) if st.c_dim else [None] * len(reals)
+        pl_now = (pl_active and prog.cur_nimg >= cfg.loss.pl_start_kimg * 1000
+                  and prog.batch_idx % cfg.optim.g_reg_interval == 0)
+        train_iteration(be, list(zip(reals, real_c)), draw, split=split, c_dim=st.c_dim, reduction=reduction,
+                        sigma=sigma, guidance=st.guidance, cls_weight=cfg.loss.cls_weight, pl=pl if pl_now else None,
+                        ema_beta=cfg.ema_beta(prog.cur_nimg), losses=tick_losses)
         prog.cur_nimg += cfg.batch
         prog.batch_idx += 1
         status.update(prog.cur_nimg)
@@ -345,7 +279,7 @@ def train_stage(cfg: TrainConfig, device: torch.device, log=print) -> Progress:
         # Tick: status line, stats, and every `snap` ticks a sample grid, the metrics and a checkpoint.
         # The only host reads of the tick's device values happen here.
         prog.cur_tick += 1
-        prog.pl_mean = float(pl_mean)
+        prog.pl_mean = float(pl.mean)
         losses = tick_losses.read()
         telemetry = status.read()
         status.show(losses, telemetry)

@@ -5,7 +5,8 @@ Run under a launcher by tests/engine/test_distributed.py, e.g. on CPU:
     DS_ACCELERATOR=cpu deepspeed --num_gpus 2 tests/engine/ds_steps.py --out DIR --backends plain,zero2,zero3
 
 For each backend in turn (one process group shared by all): build G and D from the same seed, run
-two iterations (G-main with D frozen, D-main with one combined fake+real loss per micro-batch),
+two iterations of engine/step.py's train_iteration (G-main with D frozen, D-main with one combined
+fake+real loss per micro-batch),
 then reload the state after iteration 1 and run iteration 2 again (a resume must reproduce it),
 and write DIR/<backend>_rank<r>.json with a digest of every parameter, EMA parameter and Adam
 moment (buffers such as BatchNorm statistics and w_avg are rank-local and left out), per-tensor
@@ -37,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from engine.config import OptimConfig  # noqa: E402
 from engine.distributed import DeepSpeedBackend, PlainBackend, init_distributed, launch_env  # noqa: E402
-from engine.losses import d_loss, g_loss  # noqa: E402
+from engine.step import train_iteration  # noqa: E402
 from model.discriminator import ProjectedDiscriminator  # noqa: E402
 from model.generator import build_generator  # noqa: E402
 
@@ -70,25 +71,18 @@ def make_batch(seed: int, n: int, z_dim: int, c_dim: int = C_DIM) -> dict[str, t
 
 def iteration(be, batch: dict[str, torch.Tensor], chunks: list[slice], split, loss_scale: float = 1.0,
               ema_beta: float = 0.9) -> None:
-    """G-main (D frozen) over `chunks`, one G step; D-main (fakes with the w_avg update, one combined
-    hinge loss per chunk), one D step; EMA. As engine/loop.py, through the backend interface."""
+    """engine/step.py's train_iteration on this rank's `chunks` of the fixed `batch`: summed hinge
+    losses scaled by loss_scale, no blur, no path length, no guidance."""
     def c(key, s):  # None for an unconditional pair
         return batch[key][s] if batch[key].shape[1] else None
 
-    be.begin("G")
-    for s in chunks:
-        img = be.forward("G", batch["z_g"][s], c("c_g", s))
-        be.backward("G", g_loss(be.forward("D", img, c("c_g", s)), split, "sum") * loss_scale)
-    be.step("G")
-    be.begin("D")
-    for s in chunks:
-        with torch.no_grad():
-            fake = be.forward("G", batch["z_d"][s], c("c_d", s), update_w_avg=True)
-        loss = d_loss(be.forward("D", fake, c("c_d", s)), be.forward("D", batch["real"][s], c("c_real", s)),
-                      split, "sum")
-        be.backward("D", loss * loss_scale)
-    be.step("D")
-    be.update_ema(ema_beta)
+    def draw(phase: str, r: int, n: int):
+        s = chunks[r]
+        return batch[f"z_{phase.lower()}"][s], c(f"c_{phase.lower()}", s)
+
+    reals = [(batch["real"][s], c("c_real", s)) for s in chunks]
+    train_iteration(be, reals, draw, split=split, c_dim=batch["c_g"].shape[1], reduction="sum", ema_beta=ema_beta,
+                    loss_scale=loss_scale)
 
 
 def shared_keys(be) -> dict[str, list[str]]:
