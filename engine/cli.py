@@ -44,6 +44,9 @@ def parser() -> argparse.ArgumentParser:
                    help="feature networks of D: pretrained timm weights (local cache/file) or random")
     p.add_argument("--d-backbones", default="deit_base_distilled_patch16_224,tf_efficientnet_lite0",
                    help="comma-separated timm feature networks of D (tf_efficientnet_lite0 alone is the CPU demo)")
+    p.add_argument("--d-input", type=int, default=None, metavar="PX",
+                   help="smallest side EfficientNet-lite0 sees in D (smaller inputs are resized up to it); default: "
+                        "the preset's, 224 (SPEC) for paper/light, 128 for tiny (CPU-sized); recorded in checkpoints")
     p.add_argument("--compile", default="auto", choices=("auto", "on", "off", "1", "0"),
                    help="torch.compile G and D (auto: on CUDA, off on CPU; on also compiles on CPU)")
     p.add_argument("--max-ticks", type=int, default=None, help="stop after this many ticks")
@@ -51,6 +54,8 @@ def parser() -> argparse.ArgumentParser:
                    help="data loading parallelism per rank: torch DataLoader worker processes, or with DALI its "
                         "CPU threads and as many threads reading files one batch ahead (0 = read in the "
                         "training process); batches do not depend on it")
+    p.add_argument("--blur-sigma", type=float, default=2.0, help="initial Gaussian blur of D's inputs, pixels")
+    p.add_argument("--blur-fade-kimg", type=float, default=300.0, help="the blur fades linearly to 0 over this many kimg")
     p.add_argument("--reduction", default="sum", choices=("sum", "mean"), help="D2: loss reduction")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and the layer table, then exit")
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
@@ -63,8 +68,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         batch=args.batch, batch_gpu=args.batch_gpu, kimg=args.kimg, tick=args.tick, snap=args.snap,
         mirror=bool(args.mirror), skip_bad=args.skip_bad, seed=args.seed, zero_stage=args.zero_stage,
         backend=args.backend, d_precision=args.d_precision, class_init=args.class_init,
-        metrics=tuple(m for m in args.metrics.split(",") if m), act_ckpt=args.act_ckpt, d_weights=args.d_weights,
+        metrics=tuple(m for m in args.metrics.split(",") if m), act_ckpt=args.act_ckpt, d_weights=args.d_weights, d_input=args.d_input,
         d_backbones=tuple(b for b in args.d_backbones.split(",") if b), compile={"1": "on", "0": "off"}.get(args.compile, args.compile),
         stem=args.stem, resume=args.resume, max_ticks=args.max_ticks, workers=args.workers,
-        optim=OptimConfig(), loss=dataclasses.replace(LossConfig(), cls_weight=args.cls_weight, reduction=args.reduction),
+        optim=OptimConfig(), loss=dataclasses.replace(LossConfig(), cls_weight=args.cls_weight, reduction=args.reduction,
+                                                          blur_sigma=args.blur_sigma, blur_fade_kimg=args.blur_fade_kimg),
     )

@@ -63,6 +63,7 @@ class TrainConfig:
     ema_rampup: float | None = 0.05  # EMA ramp-up ratio; None = off
     d_backbones: tuple[str, ...] = ("deit_base_distilled_patch16_224", "tf_efficientnet_lite0")
     d_weights: str = "pretrained"  # "pretrained" or "random" feature networks (random: tests, CPU demo)
+    d_input: int | None = None  # smallest side lite0 sees in D; None = the preset's (model/config.py D_INPUT_SIZE)
     compile: str = "auto"  # torch.compile G and D: "auto" (on for CUDA, off on CPU), "on", "off" (engine/compile.py)
     stem: str | None = None  # checkpoint of the previous stage to grow from (default: run_dir's)
     resume: str | None = None  # explicit checkpoint to copy weights from (restarts the counter)
@@ -97,6 +98,8 @@ class TrainConfig:
             raise ValueError(f"d_precision must be auto, fp32 or autocast_bf16, got {self.d_precision!r}")
         if self.compile not in ("auto", "on", "off"):
             raise ValueError(f"compile must be auto, on or off, got {self.compile!r}")
+        if self.d_input is not None and self.d_input < 128:  # D's heads end in 4x4 convs on lite0's /32 maps
+            raise ValueError(f"d_input must be >= 128 pixels (or None for the preset's), got {self.d_input}")
         if self.kimg <= 0 or self.tick <= 0 or self.snap < 1:
             raise ValueError("kimg and tick must be positive and snap >= 1")
 
@@ -108,6 +111,13 @@ class TrainConfig:
         hooks ZeRO-3 fetches parameters in)."""
         z = self.zero_stage if self.zero_stage is not None else 2
         return {"G": min(z, 2) if path_length_active or self.act_ckpt else z, "D": z}
+
+    @property
+    def d_input_size(self) -> int:
+        """The smallest side lite0 sees in D: the flag, else the preset's."""
+        from model.config import D_INPUT_SIZE
+
+        return self.d_input if self.d_input is not None else D_INPUT_SIZE[self.preset]
 
     @property
     def ema_half_life_img(self) -> float:

@@ -124,14 +124,15 @@ def build_stage(cfg: TrainConfig, device: torch.device, rank: int = 0, world_siz
         checkpoint.check_compatible(meta, {"G": dataclasses.asdict(G.cfg)}, cfg.resume)
         G.load_state_dict(parts["G"])
     D = ProjectedDiscriminator(cfg.d_backbones, c_dim, weights=cfg.d_weights, class_table=table,
-                               embed_classes=max(1000, c_dim)).to(device)
+                               embed_classes=max(1000, c_dim), input_size=cfg.d_input_size).to(device)
     freeze_carried(G)
     guidance = None
     if cfg.loss.cls_weight > 0 and c_dim and cfg.stage > G.cfg.stem_res:
         from model.guidance import ClassifierGuidance
 
         guidance = ClassifierGuidance(weights=cfg.d_weights).to(device).requires_grad_(False)
-    arch = {"G": dataclasses.asdict(G.cfg), "D": {"backbones": list(cfg.d_backbones), "c_dim": c_dim}, "stage": cfg.stage}
+    arch = {"G": dataclasses.asdict(G.cfg), "D": {"backbones": list(cfg.d_backbones), "c_dim": c_dim,
+                                                   "input_size": cfg.d_input_size}, "stage": cfg.stage}
     decisions = {
         "D1_train_input": G.cfg.train_input, "D2_reduction": cfg.loss.reduction,
         "D3_class_table": d3,

@@ -35,7 +35,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from model.diffaug import diff_augment
-from model.feature_networks import DEIT_B, LITE0, FeatureNetwork
+from model.feature_networks import DEIT_B, LITE0, VIT_SIZE, FeatureNetwork
 from model.layers import FullyConnected
 
 CHANNELS = {4: 512, 8: 512, 16: 256, 32: 128, 64: 64, 128: 64, 256: 32, 512: 16, 1024: 8}
@@ -125,6 +125,8 @@ class ProjectedDiscriminator(nn.Module):
         embed_classes: rows of each conditional head's class table (default 1000; >= c_dim).
         class_table: optional [embed_classes, 320] initial table copied into every head (the
             class table G's mapping starts from, Decision D3); None = N(0, 1) init.
+        input_size: the smallest side lite0 sees (SPEC 4.2: 224; smaller inputs are resized up to
+            it). The `tiny` preset's CPU-sized D uses 128 (model/config.py D_INPUT_SIZE).
 
     Feature networks and projections are frozen and stay in eval mode (`train(mode)` switches the
     heads only: FeatureNetwork.train ignores the mode); `requires_grad_()` only toggles the heads.
@@ -133,7 +135,8 @@ class ProjectedDiscriminator(nn.Module):
 
     def __init__(self, backbones: Sequence[str] = (DEIT_B, LITE0), c_dim: int = 0,
                  weights: Weights | Mapping[str, Weights] = "pretrained", *, augment: bool = True,
-                 embed_classes: int = EMBED_CLASSES, class_table: torch.Tensor | None = None):
+                 embed_classes: int = EMBED_CLASSES, class_table: torch.Tensor | None = None,
+                 input_size: int = VIT_SIZE):
         super().__init__()
         backbones = tuple(backbones)
         if not backbones or len(set(backbones)) != len(backbones):
@@ -154,7 +157,7 @@ class ProjectedDiscriminator(nn.Module):
         self.discriminators = nn.ModuleDict()
         for name in backbones:
             w = weights[name] if isinstance(weights, Mapping) else weights
-            feat = FeatureNetwork(name, w)
+            feat = FeatureNetwork(name, w, min_size=VIT_SIZE if name != LITE0 else input_size)
             self.feature_networks[name] = feat
             self.discriminators[name] = MultiScaleHeads(
                 feat.channels, c_dim, embed_classes=embed_classes, class_table=class_table)

@@ -172,17 +172,22 @@ class FeatureNetwork(FrozenModule):
     Args:
         name: "tf_efficientnet_lite0" or "deit_base_distilled_patch16_224".
         weights: "pretrained", "random" or a path to a local weights file (see module docstring).
+        min_size: lite0 sees inputs below this side resized up to it (SPEC 4.2: 224; the `tiny`
+            preset's CPU-sized D uses 128). DeiT always sees 224.
 
     Attributes:
         channels: output channels per level, (64, 64, 128, 256).
     """
 
-    def __init__(self, name: str, weights: str | os.PathLike = "pretrained"):
+    def __init__(self, name: str, weights: str | os.PathLike = "pretrained", *, min_size: int = VIT_SIZE):
         super().__init__()
         if name not in BACKBONES:
             raise ValueError(f"unknown backbone {name!r}; choose from {sorted(BACKBONES)}")
         info = BACKBONES[name]
-        self.name, self.always_224 = name, info["always_224"]
+        if min_size < 32 or (info["always_224"] and min_size != VIT_SIZE):
+            raise ValueError(f"{name}: min_size must be >= 32{' and is 224 (a ViT of 224² patches)' if info['always_224'] else ''}"
+                             f", got {min_size}")
+        self.name, self.always_224, self.min_size = name, info["always_224"], min_size
         self.register_buffer("mean", torch.tensor(info["mean"]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(info["std"]).view(1, 3, 1, 1), persistent=False)
         if name == LITE0:
@@ -198,7 +203,7 @@ class FeatureNetwork(FrozenModule):
 
     def input_size(self, resolution: int) -> int:
         """Side length the trunk sees for a D input of side `resolution` (SPEC 4.2)."""
-        return VIT_SIZE if self.always_224 or resolution < VIT_SIZE else resolution
+        return VIT_SIZE if self.always_224 else max(resolution, self.min_size)
 
     def level_sizes(self, resolution: int) -> tuple[int, ...]:
         """Side lengths of the four projected maps for a D input of side `resolution`."""
@@ -210,7 +215,8 @@ class FeatureNetwork(FrozenModule):
         """D input in [-1, 1] (after DiffAugment) -> four projected maps.
 
         (x + 1) / 2, per-backbone normalization, bilinear resize to 224 (align_corners=False, no
-        antialias) for DeiT always and for lite0 below 224, trunk, reassemble (DeiT), CCM + CSM.
+        antialias) for DeiT always and for lite0 below min_size (to min_size), trunk, reassemble
+        (DeiT), CCM + CSM.
         """
         x_NCHW = (x_NCHW + 1) / 2
         x_NCHW = (x_NCHW - self.mean.to(x_NCHW.dtype)) / self.std.to(x_NCHW.dtype)
