@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from engine.config import LossConfig, OptimConfig, TrainConfig
+from engine.config import LossConfig, OptimConfig, TrainConfig, default_metrics
 
 
 def parser() -> argparse.ArgumentParser:
@@ -33,8 +33,10 @@ def parser() -> argparse.ArgumentParser:
                    help="D forward precision (auto: bf16 autocast on CUDA, fp32 on CPU)")
     p.add_argument("--act-ckpt", type=int, default=0, metavar="PX",
                    help="activation checkpointing: recompute G's synthesis layers with output side >= PX (0 = off)")
-    p.add_argument("--metrics", default="", help="comma-separated metrics at every snapshot, e.g. fid50k_full, "
-                   "rfid50k_full, kid50k_full, pr50k3_full, rfid1k_128 (CPU-sized); the first picks best.safetensors")
+    p.add_argument("--metrics", default="auto", help="comma-separated metrics at every snapshot, e.g. fid50k_full, "
+                   "rfid50k_full, kid50k_full, pr50k3_full, rfid1k_128 (CPU-sized), shapes_fid, shapes_acc (the "
+                   "built-in data's judge); the first picks best.safetensors. auto: shapes_fid,shapes_acc on the "
+                   "built-in data, none on other data; '' for none")
     p.add_argument("--class-init", default="auto", choices=("auto", "lite0", "random"),
                    help="D3: class table from per-class mean lite0 features, or N(0,1) (auto: lite0 when D is pretrained)")
     p.add_argument("--skip-bad", action="store_true", help="skip (and count) unreadable images instead of failing")
@@ -54,6 +56,9 @@ def parser() -> argparse.ArgumentParser:
                    help="data loading parallelism per rank: torch DataLoader worker processes, or with DALI its "
                         "CPU threads and as many threads reading files one batch ahead (0 = read in the "
                         "training process); batches do not depend on it")
+    p.add_argument("--glr", type=float, default=0.0025, help="G's Adam learning rate")
+    p.add_argument("--dlr", type=float, default=0.002, help="D's Adam learning rate")
+    p.add_argument("--augment", type=int, default=1, choices=(0, 1), help="DiffAugment of D's inputs")
     p.add_argument("--blur-sigma", type=float, default=2.0, help="initial Gaussian blur of D's inputs, pixels")
     p.add_argument("--blur-fade-kimg", type=float, default=300.0, help="the blur fades linearly to 0 over this many kimg")
     p.add_argument("--reduction", default="sum", choices=("sum", "mean"), help="D2: loss reduction")
@@ -68,9 +73,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         batch=args.batch, batch_gpu=args.batch_gpu, kimg=args.kimg, tick=args.tick, snap=args.snap,
         mirror=bool(args.mirror), skip_bad=args.skip_bad, seed=args.seed, zero_stage=args.zero_stage,
         backend=args.backend, d_precision=args.d_precision, class_init=args.class_init,
-        metrics=tuple(m for m in args.metrics.split(",") if m), act_ckpt=args.act_ckpt, d_weights=args.d_weights, d_input=args.d_input,
+        metrics=default_metrics(args.data, args.cond) if args.metrics == "auto" else tuple(m for m in args.metrics.split(",") if m), act_ckpt=args.act_ckpt, d_weights=args.d_weights, d_input=args.d_input,
         d_backbones=tuple(b for b in args.d_backbones.split(",") if b), compile={"1": "on", "0": "off"}.get(args.compile, args.compile),
         stem=args.stem, resume=args.resume, max_ticks=args.max_ticks, workers=args.workers,
-        optim=OptimConfig(), loss=dataclasses.replace(LossConfig(), cls_weight=args.cls_weight, reduction=args.reduction,
+        optim=OptimConfig(g_lr=args.glr, d_lr=args.dlr), d_augment=bool(args.augment), loss=dataclasses.replace(LossConfig(), cls_weight=args.cls_weight, reduction=args.reduction,
                                                           blur_sigma=args.blur_sigma, blur_fade_kimg=args.blur_fade_kimg),
     )

@@ -63,6 +63,7 @@ class TrainConfig:
     ema_rampup: float | None = 0.05  # EMA ramp-up ratio; None = off
     d_backbones: tuple[str, ...] = ("deit_base_distilled_patch16_224", "tf_efficientnet_lite0")
     d_weights: str = "pretrained"  # "pretrained" or "random" feature networks (random: tests, CPU demo)
+    d_augment: bool = True  # DiffAugment (color, translation, cutout) of D's inputs
     d_input: int | None = None  # smallest side lite0 sees in D; None = the preset's (model/config.py D_INPUT_SIZE)
     compile: str = "auto"  # torch.compile G and D: "auto" (on for CUDA, off on CPU), "on", "off" (engine/compile.py)
     stem: str | None = None  # checkpoint of the previous stage to grow from (default: run_dir's)
@@ -133,6 +134,14 @@ class TrainConfig:
     def blur_sigma(self, cur_nimg: int) -> float:
         fade = self.loss.blur_fade_kimg * 1000
         return max(1 - cur_nimg / fade, 0.0) * self.loss.blur_sigma if fade > 0 else 0.0
+
+
+def default_metrics(data: str | None, cond: bool = True) -> tuple[str, ...]:
+    """--metrics auto: the judge's metrics on the built-in data (data None; shapes_acc only when
+    class-conditional), none on other data (Inception FID needs weights that may be absent)."""
+    if data is not None:
+        return ()
+    return ("shapes_fid", "shapes_acc") if cond else ("shapes_fid",)
 
 
 def to_dict(cfg) -> dict:

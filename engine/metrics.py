@@ -18,7 +18,10 @@ code, the Pillow version and the detector identity (preprocessing + SHA-256 of i
 rFID seed is part of it). Datasets of other types are keyed by a hash of their pixels.
 
 Metrics (METRICS): fid50k_full, fid10k_full (Inception), rfid50k_full, rfid10k_full, rfid5k_full
-(random Inception, seed rfid_seed, decision D5), kid50k_full (50k generated vs up to 1M real,
+(random Inception, seed rfid_seed, decision D5), rfid1k_128 (the same, CPU-sized), shapes_fid and
+shapes_acc (1k generated images; the judge of the built-in dataset, engine/judge.py: Fréchet
+distance of its 128 penultimate features, and the fraction of samples it assigns to their class;
+offline, any resolution), kid50k_full (50k generated vs up to 1M real,
 100 subsets of 1000), pr50k3_full (VGG16, k = 3, up to 200k real). `num_gen=` overrides the
 generated count of any of them. Weights: see engine/inception.py.
 
@@ -54,8 +57,8 @@ CACHE_ENV = "SGXL_METRICS_CACHE"
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class MetricSpec:
-    kind: str  # "fid", "kid" or "pr"
-    detector: str  # "inception", "inception_random" or "vgg16"
+    kind: str  # "fid", "kid", "pr" or "acc" (judge accuracy)
+    detector: str  # "inception", "inception_random", "vgg16" or "shapes_judge"
     num_gen: int  # generated images
     max_real: int | None = None  # real images for KID/PR features (None = all); FID moments always use all
     k: int = 3  # precision/recall neighbourhood size
@@ -71,6 +74,9 @@ METRICS = {
     # CPU-sized rFID for the quick start: 1k generated images, the random Inception at 128 px.
     # A trend within one run, comparable only with itself (not with the protocol's rFID).
     "rfid1k_128": MetricSpec(kind="fid", detector="inception_random", num_gen=1_000, size=128),
+    # The built-in dataset's judge (engine/judge.py): readable on a CPU, the defaults for that data.
+    "shapes_fid": MetricSpec(kind="fid", detector="shapes_judge", num_gen=1_000),
+    "shapes_acc": MetricSpec(kind="acc", detector="shapes_judge", num_gen=1_000),
     "kid50k_full": MetricSpec(kind="kid", detector="inception", num_gen=50_000, max_real=1_000_000),
     "pr50k3_full": MetricSpec(kind="pr", detector="vgg16", num_gen=50_000, max_real=200_000, k=3),
 }
@@ -87,7 +93,7 @@ def is_better(name: str, a: float, b: float | None) -> bool:
     precision/recall. b None (no value yet) loses to anything."""
     if b is None:
         return True
-    if name.endswith(("_precision", "_recall")):
+    if name.endswith(("_precision", "_recall")) or _spec(name).kind == "acc":
         return a > b
     if _spec(name).kind == "pr":
         raise ValueError(f"{name} has two values: compare {name}_precision or {name}_recall")
@@ -124,8 +130,9 @@ def _gather_rows(local: torch.Tensor, counts: list[int]) -> torch.Tensor:
 # -- generated images ---------------------------------------------------------------------------------
 
 def generated_images(G: torch.nn.Module, num_gen: int, *, batch: int = 64, seed: int = 0, rank: int = 0,
-                     world_size: int = 1, device=None):
-    """Yield this rank's share of the num_gen metric images as uint8 [B, 3, R, R] batches on device."""
+                     world_size: int = 1, device=None, with_labels: bool = False):
+    """Yield this rank's share of the num_gen metric images as uint8 [B, 3, R, R] batches on device
+    (with_labels: (images, classes [B] or None) pairs)."""
     cfg = G.cfg
     device = torch.device(device) if device is not None else next(G.parameters()).device
     gen = torch.Generator().manual_seed(seed)
@@ -136,8 +143,8 @@ def generated_images(G: torch.nn.Module, num_gen: int, *, batch: int = 64, seed:
         for start in range(share.start, share.stop, batch):
             sl = slice(start, min(start + batch, share.stop))
             c = c_all[sl].to(device) if c_all is not None else None
-            img = G(z_all[sl].to(device), c, psi=1.0)
-            yield (img.float() * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+            img = (G(z_all[sl].to(device), c, psi=1.0).float() * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+            yield (img, c) if with_labels else img
 
 
 def generated_features(G: torch.nn.Module, detector: torch.nn.Module, num_gen: int, *, batch: int = 64,
@@ -156,6 +163,28 @@ def generated_features(G: torch.nn.Module, detector: torch.nn.Module, num_gen: i
         dev = torch.device(device) if device is not None else next(G.parameters()).device
         return torch.zeros(0, detector.feature_dim, device=dev)
     return torch.cat(feats)
+
+
+def judge_accuracy(G: torch.nn.Module, judge, num_gen: int, *, batch: int = 64, seed: int = 0, rank: int = 0,
+                   world_size: int = 1, device=None, progress: bool = False) -> float:
+    """shapes_acc: the fraction of the num_gen class-conditional images (classes uniform, see
+    generated_images) that the judge assigns to the class they were generated for (all ranks)."""
+    if not G.cfg.c_dim:
+        raise ValueError("shapes_acc needs a class-conditional generator (c_dim > 0): this one is unconditional; "
+                         "use shapes_fid")
+    device = torch.device(device) if device is not None else next(G.parameters()).device
+    counts = torch.zeros(2, dtype=torch.float64, device=device)  # correct, total
+    bar = tqdm(total=len(_share(num_gen, rank, world_size)), desc="judged images", unit="img",
+               disable=not progress or rank != 0, dynamic_ncols=True, leave=False)
+    with torch.no_grad(), bar:
+        for images, c in generated_images(G, num_gen, batch=batch, seed=seed, rank=rank, world_size=world_size,
+                                          device=device, with_labels=True):
+            counts[0] += (judge.logits(images).argmax(1) == c).sum()
+            counts[1] += c.numel()
+            bar.update(images.shape[0])
+    if _distributed(world_size):
+        torch.distributed.all_reduce(counts)
+    return (counts[0] / counts[1]).item()
 
 
 # -- real statistics ----------------------------------------------------------------------------------
@@ -321,6 +350,10 @@ def metric_detector(name: str, *, inception_weights=None, vgg16_weights=None, rf
     spec = _spec(name)
     size = size or spec.size
     sized = {} if size is None else {"size": size}
+    if spec.detector == "shapes_judge":
+        from engine.judge import load_judge
+
+        return load_judge()
     if spec.detector == "inception_random":
         return inception.inception_v3("random", seed=rfid_seed, **sized)
     if spec.detector == "inception":
@@ -368,8 +401,11 @@ def compute_metric(name: str, G: torch.nn.Module, dataset, *, num_gen: int | Non
         detector = metric_detector(name, inception_weights=inception_weights, vgg16_weights=vgg16_weights,
                                    rfid_seed=rfid_seed, size=detector_size)
     detector = detector.to(device)
-    dataset = _stage_dataset(dataset, G.cfg.resolution)
     n_gen = num_gen or spec.num_gen
+    if spec.kind == "acc":
+        return {name: judge_accuracy(G, detector, n_gen, batch=batch, seed=seed, rank=rank, world_size=world_size,
+                                     device=device, progress=progress)}
+    dataset = _stage_dataset(dataset, G.cfg.resolution)
     max_features = 0 if spec.kind == "fid" else min(spec.max_real or dataset.num_raw, dataset.num_raw)
     real = real_stats(dataset, detector, max_features=max_features, batch=batch, device=device, rank=rank,
                       world_size=world_size, cache_dir=cache_dir, num_workers=num_workers, progress=progress)

@@ -124,7 +124,8 @@ def build_stage(cfg: TrainConfig, device: torch.device, rank: int = 0, world_siz
         checkpoint.check_compatible(meta, {"G": dataclasses.asdict(G.cfg)}, cfg.resume)
         G.load_state_dict(parts["G"])
     D = ProjectedDiscriminator(cfg.d_backbones, c_dim, weights=cfg.d_weights, class_table=table,
-                               embed_classes=max(1000, c_dim), input_size=cfg.d_input_size).to(device)
+                               embed_classes=max(1000, c_dim), input_size=cfg.d_input_size,
+                               augment=cfg.d_augment).to(device)
     freeze_carried(G)
     guidance = None
     if cfg.loss.cls_weight > 0 and c_dim and cfg.stage > G.cfg.stem_res:

@@ -81,7 +81,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     args = [sys.executable, str(ROOT / "engine/train.py"), "--stage", "16", "--outdir", str(tmp_path / "k"),
             "--batch", "4", "--batch-gpu", "2", "--tick", "0.008", "--snap", "1", "--kimg", "1", "--max-ticks", "4",
             "--d-backbones", "tf_efficientnet_lite0", "--d-weights", "random", "--compile", "0", "--workers", "0",
-            "--seed", "3"]
+            "--seed", "3", "--metrics", ""]
     # A fresh process group for the child: drop the launcher variables earlier in-process runs set.
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
     env["PYTHONPATH"] = str(ROOT)

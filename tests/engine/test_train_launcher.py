@@ -39,7 +39,7 @@ def _train(ranks: int, outdir: Path, *args: str) -> str:
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks), "--master_port", str(free_port()),
            str(REPO / "engine/train.py"), "--outdir", str(outdir), "--batch", "4", "--batch-gpu", "2", "--tick", "0.008",
            "--snap", "1", "--kimg", "1", "--d-backbones", "tf_efficientnet_lite0", "--d-weights", "random",
-           "--compile", "0", "--workers", "0", "--seed", "5", *args]
+           "--compile", "0", "--workers", "0", "--seed", "5", "--metrics", "", *args]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
