@@ -239,7 +239,11 @@ def train_stage(cfg: TrainConfig, device: torch.device, log=print) -> Progress:
     stats_out = StatsWriter(out) if main else None
     status = _Status(cfg, enabled=main, device=device)
     grid_z = torch.randn(64, G.cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 1)).to(device)
-    grid_c = (torch.arange(64) % st.c_dim).to(device) if st.c_dim else None
+    # Up to 16 classes: one column per class (e.g. 10 columns x 6 rows); else classes 0, 1, 2, ... in order.
+    grid_cols = st.c_dim if 0 < st.c_dim <= 16 else 8
+    grid_n = grid_cols * (64 // grid_cols)
+    scale = max(1, 64 // cfg.stage)  # small stages enlarged (nearest) so that a person can see them
+    grid_c = (torch.arange(grid_n) % st.c_dim).to(device) if st.c_dim else None
     iterator = iter(st.loader)
 
     label_probs = st.label_probs.to(device, torch.float32) if st.c_dim else None
@@ -254,6 +258,7 @@ def train_stage(cfg: TrainConfig, device: torch.device, log=print) -> Progress:
                     weight=cfg.loss.pl_weight * (cfg.optim.g_reg_interval if cfg.loss.pl_times_interval else 1),
                     mean=torch.tensor(prog.pl_mean, device=device))  # on the device; prog.pl_mean is written per tick
     done = prog.cur_nimg >= total_nimg
+    ran = not done
     status.update(prog.cur_nimg)
     if done:
         say(f"stage {cfg.stage} is trained to {prog.cur_nimg / 1000:g} kimg already (--kimg {cfg.kimg:g}): nothing to do; "
@@ -296,9 +301,9 @@ def train_stage(cfg: TrainConfig, device: torch.device, log=print) -> Progress:
             g_ema = be.ema_module()  # collective under ZeRO-3
             if main:
                 with torch.no_grad():
-                    grid = torch.cat([g_ema(grid_z[i:i + 16], None if grid_c is None else grid_c[i:i + 16])
-                                      for i in range(0, 64, 16)])
-                save_grid(grid, out / f"samples_{prog.cur_nimg / 1000:09.3f}kimg.png")
+                    grid = torch.cat([g_ema(grid_z[i:min(i + 16, grid_n)], None if grid_c is None else grid_c[i:i + 16])
+                                      for i in range(0, grid_n, 16)])
+                save_grid(grid, out / f"samples_{prog.cur_nimg / 1000:09.3f}kimg.png", cols=grid_cols, scale=scale)
             if cfg.metrics:
                 t0 = time.time()
                 results = run_metrics(cfg, g_ema, st, detectors, device, rank, world, progress=main)
@@ -325,4 +330,29 @@ def train_stage(cfg: TrainConfig, device: torch.device, log=print) -> Progress:
     status.close()
     st.loader.close()
     be.close()
+    if main and ran:
+        say(summary(out, stats))
     return prog
+
+
+METRIC_MEANINGS = {
+    "shapes_acc": "fraction of class-conditional samples the shapes judge assigns to their class (chance 0.10, "
+                  "real images 0.99)",
+    "shapes_fid": "Frechet distance of the judge's features, generated vs real (lower is better; about 30-50 "
+                  "for an untrained G)",
+}
+
+
+def summary(out: Path, stats: dict) -> str:
+    """The closing lines of a run: where its outputs are and what its last numbers mean."""
+    grids = sorted(out.glob("samples_*.png"))
+    lines = [f"done: stage trained to {stats['kimg']:g} kimg in {stats['total_sec'] / 60:.1f} min; outputs in {out}/",
+             f"  {grids[-1].name if grids else 'samples_*.png'}: samples of G_ema (fixed latents; with up to 16 "
+             f"classes one column per class), one grid per snapshot",
+             "  losses.png: loss and metric curves; stats.jsonl: one line per tick; latest/best.safetensors: "
+             "checkpoints (re-run the command with a larger --kimg to continue)"]
+    for k, v in stats.items():
+        if k.startswith("metric_"):
+            name = k[len("metric_"):]
+            lines.append(f"  {name} = {v:.4g}: {METRIC_MEANINGS.get(name, 'see engine/metrics.py')}")
+    return "\n".join(lines)

@@ -40,6 +40,9 @@ def grid_of(img_NHWC: np.ndarray, cols: int | None = None) -> np.ndarray:
     return tile(padded.reshape(rows, cols, *img_NHWC.shape[1:]))
 
 
-def save_grid(img_NCHW: torch.Tensor, path: str | Path, cols: int | None = None) -> Path:
-    """Images in [-1, 1] as one PNG grid, row by row."""
-    return save_png(grid_of(to_uint8(img_NCHW), cols), path)
+def save_grid(img_NCHW: torch.Tensor, path: str | Path, cols: int | None = None, scale: int = 1) -> Path:
+    """Images in [-1, 1] as one PNG grid, row by row; scale > 1 enlarges each pixel (nearest)."""
+    grid = grid_of(to_uint8(img_NCHW), cols)
+    if scale > 1:
+        grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
+    return save_png(grid, path)

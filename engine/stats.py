@@ -33,8 +33,8 @@ class StatsWriter:
             self.tb.flush()
 
     def plot(self, path: Path | None = None) -> Path | None:
-        """Loss curves (every loss_* column of stats.jsonl against kimg) as a PNG, with a second
-        panel for the metric_* columns when metrics ran."""
+        """Loss curves (every loss_* column of stats.jsonl against kimg) as a PNG, with one more
+        panel per metric_* column when metrics ran (their scales differ: FID vs accuracy)."""
         try:
             import matplotlib
 
@@ -43,8 +43,8 @@ class StatsWriter:
         except ImportError:
             return None
         rows = [json.loads(line) for line in (self.out_dir / "stats.jsonl").read_text().splitlines() if line.strip()]
-        groups = [(prefix, sorted({k for r in rows for k in r if k.startswith(prefix)})) for prefix in ("loss_", "metric_")]
-        groups = [groups[0]] + [g for g in groups[1:] if g[1]]
+        keys_of = lambda prefix: sorted({k for r in rows for k in r if k.startswith(prefix)})  # noqa: E731
+        groups = [("loss_", keys_of("loss_"))] + [("metric_", [k]) for k in keys_of("metric_")]
         path = Path(path or self.out_dir / "losses.png")
         fig, axes = plt.subplots(len(groups), 1, figsize=(7, 4 * len(groups)), dpi=100, squeeze=False)
         for ax, (prefix, keys) in zip(axes[:, 0], groups):
