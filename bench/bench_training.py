@@ -39,7 +39,7 @@ from engine.config import OptimConfig
 from engine.distributed import PlainBackend
 from engine.step import train_iteration
 from engine.telemetry import Telemetry
-from model.config import PRESETS
+from model.config import D_HEAD_WIDTH, D_INPUT_SIZE, PRESETS
 from model.discriminator import ProjectedDiscriminator
 from model.feature_networks import DEIT_B, LITE0
 from model.generator import build_generator, freeze_carried
@@ -63,7 +63,8 @@ class TrainStep:
         self.batch, self.device = batch, device
         G = build_generator(preset, res, C_DIM).to(device)
         freeze_carried(G)
-        D = ProjectedDiscriminator(backbones, C_DIM, weights="random").to(device)
+        D = ProjectedDiscriminator(backbones, C_DIM, weights="random", input_size=D_INPUT_SIZE[preset],
+                                   head_width=D_HEAD_WIDTH[preset]).to(device)  # the preset's D, as training builds it
         self.g_fwd_flops = generator_forward_flops(G, 1)
         n = min(batch, 2)
         d_flops = discriminator_forward_flops(D, res, n, device, device.type == "cuda")

@@ -59,6 +59,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from bench.layers import BenchLayer, flrelu_flops  # noqa: E402
 from engine.losses import blur  # noqa: E402
+from model.config import D_HEAD_WIDTH, D_INPUT_SIZE  # noqa: E402
 from model.diffaug import diff_augment  # noqa: E402
 from model.discriminator import ProjectedDiscriminator  # noqa: E402
 from model.feature_networks import DEIT_B, DEIT_INDICES, LITE0, FeatureNetwork  # noqa: E402
@@ -373,7 +374,8 @@ def run_profile(stage: int, *, device: torch.device | str | None = None, net: st
         rows += [_measure(p, timer, s["repeats"], s["warmup"]) for p in generator_parts(G, s["batch"], device)]
         del G
     if net in ("D", "both"):
-        D = ProjectedDiscriminator(tuple(s["d_backbones"]), c_dim, weights=s["d_weights"]).to(device)
+        D = ProjectedDiscriminator(tuple(s["d_backbones"]), c_dim, weights=s["d_weights"],
+                                   input_size=D_INPUT_SIZE[s["preset"]], head_width=D_HEAD_WIDTH[s["preset"]]).to(device)
         parts = discriminator_parts(D, stage, s["batch"], device, autocast_bf16=s["d_precision"] == "autocast_bf16")
         rows += [_measure(p, timer, s["repeats"], s["warmup"]) for p in parts]
         del D

@@ -73,9 +73,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         batch=args.batch, batch_gpu=args.batch_gpu, kimg=args.kimg, tick=args.tick, snap=args.snap,
         mirror=bool(args.mirror), skip_bad=args.skip_bad, seed=args.seed, zero_stage=args.zero_stage,
         backend=args.backend, d_precision=args.d_precision, class_init=args.class_init,
-        metrics=default_metrics(args.data, args.cond) if args.metrics == "auto" else tuple(m for m in args.metrics.split(",") if m), act_ckpt=args.act_ckpt, d_weights=args.d_weights, d_input=args.d_input,
+        metrics=default_metrics(args.data, args.cond) if args.metrics == "auto" else tuple(
+            m for m in args.metrics.split(",") if m),
+        act_ckpt=args.act_ckpt, d_weights=args.d_weights, d_input=args.d_input, d_augment=bool(args.augment),
         d_backbones=tuple(b for b in args.d_backbones.split(",") if b), compile={"1": "on", "0": "off"}.get(args.compile, args.compile),
         stem=args.stem, resume=args.resume, max_ticks=args.max_ticks, workers=args.workers,
-        optim=OptimConfig(g_lr=args.glr, d_lr=args.dlr), d_augment=bool(args.augment), loss=dataclasses.replace(LossConfig(), cls_weight=args.cls_weight, reduction=args.reduction,
-                                                          blur_sigma=args.blur_sigma, blur_fade_kimg=args.blur_fade_kimg),
+        optim=OptimConfig(g_lr=args.glr, d_lr=args.dlr),
+        loss=dataclasses.replace(LossConfig(), cls_weight=args.cls_weight, reduction=args.reduction,
+                                 blur_sigma=args.blur_sigma, blur_fade_kimg=args.blur_fade_kimg),
     )

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from engine import synthetic
-from engine.inception import FeatureDetector, resize_images, state_digest
+from engine.inception import FeatureDetector, resize_images
 
 WEIGHTS = Path(__file__).with_name("weights") / "shapes_judge.safetensors"
 SIZE = 32  # input side
@@ -76,7 +76,12 @@ class JudgeDetector(FeatureDetector):
 
     @torch.no_grad()
     def logits(self, images_NCHW: torch.Tensor) -> torch.Tensor:
-        return self.net.net.head(self(images_NCHW))
+        return self.classify(self(images_NCHW))
+
+    @torch.no_grad()
+    def classify(self, features_NF: torch.Tensor) -> torch.Tensor:
+        """Class scores [N, 10] of the judge's features (one pass serves shapes_fid and shapes_acc)."""
+        return self.net.net.head(features_NF)
 
 
 def load_judge(path: str | Path = WEIGHTS) -> JudgeDetector:
@@ -88,10 +93,6 @@ def load_judge(path: str | Path = WEIGHTS) -> JudgeDetector:
     net = ShapesNet()
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in load_file(path).items()})
     return JudgeDetector(net.eval())
-
-
-def judge_identity(path: str | Path = WEIGHTS) -> str:
-    return f"shapes_judge/{state_digest(load_judge(path))[:16]}"
 
 
 # -- training -----------------------------------------------------------------------------------------

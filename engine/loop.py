@@ -3,9 +3,9 @@
 Per iteration, engine/step.py's train_iteration (SPEC 5.2) through the backend of
 engine/distributed.py (DeepSpeed engines, or plain PyTorch): G-main on every chunk with D frozen,
 path-length regularization every 4th iteration in the stem, G step; D-main (fakes with the w_avg
-update, then reals, one combined loss per chunk), D step; EMA. Schedules count images. A tick prints a status line and appends to
-stats.jsonl; every `snap` ticks (and at the end) the loop writes latest.safetensors atomically
-and a sample grid PNG. Re-running the same command resumes from latest.
+update, then reals, one combined loss per chunk), D step; EMA. Schedules count images. A tick
+prints a status line and appends to stats.jsonl; every `snap` ticks (and at the end) the loop
+writes latest.safetensors atomically and a sample grid PNG. Re-running the same command resumes from latest.
 
 Several ranks (`deepspeed engine/train.py ...`): each rank reads its own shard of every global
 batch (batch / world images, in batch_gpu chunks), draws its own latents and labels (seed
@@ -159,10 +159,10 @@ def run_metrics(cfg: TrainConfig, g_ema, st, detectors: dict, device, rank: int,
     (engine/metrics.py; $SGXL_METRICS_CACHE or ~/.cache/stylegan_xl_engine/metrics)."""
     from engine.metrics import compute_metric
 
-    results = {}
+    results, shared = {}, {}  # shared: one judge pass for shapes_fid and shapes_acc
     for name in cfg.metrics:
         results.update(compute_metric(name, g_ema, st.dataset.spec, detector=detectors[name], device=device, rank=rank,
-                                      world_size=world, seed=cfg.seed, progress=progress))
+                                      world_size=world, seed=cfg.seed, progress=progress, shared=shared))
     return results
 
 

@@ -165,23 +165,47 @@ def generated_features(G: torch.nn.Module, detector: torch.nn.Module, num_gen: i
     return torch.cat(feats)
 
 
-def judge_accuracy(G: torch.nn.Module, judge, num_gen: int, *, batch: int = 64, seed: int = 0, rank: int = 0,
-                   world_size: int = 1, device=None, progress: bool = False) -> float:
-    """shapes_acc: the fraction of the num_gen class-conditional images (classes uniform, see
-    generated_images) that the judge assigns to the class they were generated for (all ranks)."""
-    if not G.cfg.c_dim:
-        raise ValueError("shapes_acc needs a class-conditional generator (c_dim > 0): this one is unconditional; "
-                         "use shapes_fid")
+def judge_pass(G: torch.nn.Module, judge, num_gen: int, *, batch: int = 64, seed: int = 0, rank: int = 0,
+               world_size: int = 1, device=None, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass of the judge over this rank's share of the num_gen images (see generated_images):
+    its features [share, 128] (for shapes_fid) and [correct, total] (float64, this rank's; for
+    shapes_acc: images it assigns to the class they were generated for). Unconditional G: no
+    class counts ([0, 0])."""
     device = torch.device(device) if device is not None else next(G.parameters()).device
     counts = torch.zeros(2, dtype=torch.float64, device=device)  # correct, total
+    feats = []
     bar = tqdm(total=len(_share(num_gen, rank, world_size)), desc="judged images", unit="img",
                disable=not progress or rank != 0, dynamic_ncols=True, leave=False)
     with torch.no_grad(), bar:
         for images, c in generated_images(G, num_gen, batch=batch, seed=seed, rank=rank, world_size=world_size,
                                           device=device, with_labels=True):
-            counts[0] += (judge.logits(images).argmax(1) == c).sum()
-            counts[1] += c.numel()
+            f = judge(images)
+            feats.append(f)
+            if c is not None:
+                counts[0] += (judge.classify(f).argmax(1) == c).sum()
+                counts[1] += c.numel()
             bar.update(images.shape[0])
+    feats = torch.cat(feats) if feats else torch.zeros(0, judge.feature_dim, device=device)
+    return feats, counts
+
+
+def _check_conditional(G: torch.nn.Module) -> None:
+    if not G.cfg.c_dim:
+        raise ValueError("shapes_acc needs a class-conditional generator (c_dim > 0): this one is unconditional; "
+                         "use shapes_fid")
+
+
+def judge_accuracy(G: torch.nn.Module, judge, num_gen: int, *, batch: int = 64, seed: int = 0, rank: int = 0,
+                   world_size: int = 1, device=None, progress: bool = False,
+                   counts: torch.Tensor | None = None) -> float:
+    """shapes_acc: the fraction of the num_gen class-conditional images (classes uniform, see
+    generated_images) that the judge assigns to the class they were generated for (all ranks).
+    counts: this rank's [correct, total] from judge_pass, instead of a new pass."""
+    _check_conditional(G)
+    if counts is None:
+        _, counts = judge_pass(G, judge, num_gen, batch=batch, seed=seed, rank=rank, world_size=world_size,
+                               device=device, progress=progress)
+    counts = counts.clone()
     if _distributed(world_size):
         torch.distributed.all_reduce(counts)
     return (counts[0] / counts[1]).item()
@@ -374,7 +398,8 @@ def compute_metric(name: str, G: torch.nn.Module, dataset, *, num_gen: int | Non
                    device=None, rank: int = 0, world_size: int = 1, cache_dir: str | os.PathLike | None = None,
                    seed: int = 0, progress: bool = True, inception_weights=None, vgg16_weights=None,
                    rfid_seed: int = 0, detector: inception.FeatureDetector | None = None,
-                   detector_size: int | None = None, num_workers: int = 0) -> dict[str, float]:
+                   detector_size: int | None = None, num_workers: int = 0,
+                   shared: dict | None = None) -> dict[str, float]:
     """Metric `name` of G (G_ema, psi = 1) against dataset, on every rank.
 
     Args:
@@ -389,6 +414,8 @@ def compute_metric(name: str, G: torch.nn.Module, dataset, *, num_gen: int | Non
         detector: use this detector instead of building the metric's one.
         detector_size: detector input side (None = 299/224; smaller values only for quick tests).
         num_workers: data-loader workers decoding the real images.
+        shared: a dict passed to every compute_metric call of one evaluation of the same G (and
+            seed): metrics of the same pass share it (shapes_fid and shapes_acc: one judge pass).
     Returns:
         {name: value} for FID/rFID/KID; {name_precision, name_recall} for precision/recall.
     Raises:
@@ -402,15 +429,25 @@ def compute_metric(name: str, G: torch.nn.Module, dataset, *, num_gen: int | Non
                                    rfid_seed=rfid_seed, size=detector_size)
     detector = detector.to(device)
     n_gen = num_gen or spec.num_gen
+    judged = None
     if spec.kind == "acc":
-        return {name: judge_accuracy(G, detector, n_gen, batch=batch, seed=seed, rank=rank, world_size=world_size,
-                                     device=device, progress=progress)}
+        _check_conditional(G)
+    if spec.detector == "shapes_judge":
+        key = ("shapes_judge", n_gen, seed, batch)
+        judged = shared.get(key) if shared is not None else None
+        if judged is None:
+            judged = judge_pass(G, detector, n_gen, batch=batch, seed=seed, rank=rank, world_size=world_size,
+                                device=device, progress=progress)
+            if shared is not None and G.cfg.c_dim:  # unconditional: only shapes_fid uses it
+                shared[key] = judged
+    if spec.kind == "acc":
+        return {name: judge_accuracy(G, detector, n_gen, world_size=world_size, counts=judged[1])}
     dataset = _stage_dataset(dataset, G.cfg.resolution)
     max_features = 0 if spec.kind == "fid" else min(spec.max_real or dataset.num_raw, dataset.num_raw)
     real = real_stats(dataset, detector, max_features=max_features, batch=batch, device=device, rank=rank,
                       world_size=world_size, cache_dir=cache_dir, num_workers=num_workers, progress=progress)
-    gen = generated_features(G, detector, n_gen, batch=batch, seed=seed, rank=rank, world_size=world_size,
-                             device=device, progress=progress)
+    gen = judged[0] if judged is not None else generated_features(
+        G, detector, n_gen, batch=batch, seed=seed, rank=rank, world_size=world_size, device=device, progress=progress)
     if dist:
         gen = _gather_rows(gen, [len(_share(n_gen, r, world_size)) for r in range(world_size)])
     keys = [f"{name}_precision", f"{name}_recall"] if spec.kind == "pr" else [name]
@@ -467,12 +504,13 @@ def main(argv: list[str] | None = None) -> dict:
     out = {"network": args.network, "dataset": dataset.name, "resolution": dataset.resolution,
            "num_images": dataset.num_raw, "seed": args.seed, "rfid_seed": args.rfid_seed, "results": {},
            "num_gen": {}, "detectors": {}}
+    shared = {}
     for name in args.metrics.split(","):
         det = metric_detector(name, inception_weights=args.inception_weights, vgg16_weights=args.vgg16_weights,
                               rfid_seed=args.rfid_seed, size=args.detector_size)
         out["results"] |= compute_metric(name, G, dataset, num_gen=args.num_gen, batch=args.batch, device=device,
                                          rank=rank, world_size=world_size, cache_dir=args.cache_dir, seed=args.seed,
-                                         detector=det, num_workers=args.workers)
+                                         detector=det, num_workers=args.workers, shared=shared)
         out["num_gen"][name] = args.num_gen or METRICS[name].num_gen
         out["detectors"][name] = det.identity
     if rank == 0:

@@ -17,7 +17,7 @@ import torch
 from engine import checkpoint
 from engine.export import load_generator
 from engine.config import TrainConfig
-from model.config import PRESETS
+from model.config import D_HEAD_WIDTH, PRESETS
 from model.discriminator import ProjectedDiscriminator
 from model.generator import Generator, build_generator, freeze_carried, grow
 
@@ -125,6 +125,7 @@ def build_stage(cfg: TrainConfig, device: torch.device, rank: int = 0, world_siz
         G.load_state_dict(parts["G"])
     D = ProjectedDiscriminator(cfg.d_backbones, c_dim, weights=cfg.d_weights, class_table=table,
                                embed_classes=max(1000, c_dim), input_size=cfg.d_input_size,
+                               head_width=D_HEAD_WIDTH[cfg.preset],
                                augment=cfg.d_augment).to(device)
     freeze_carried(G)
     guidance = None
@@ -133,7 +134,8 @@ def build_stage(cfg: TrainConfig, device: torch.device, rank: int = 0, world_siz
 
         guidance = ClassifierGuidance(weights=cfg.d_weights).to(device).requires_grad_(False)
     arch = {"G": dataclasses.asdict(G.cfg), "D": {"backbones": list(cfg.d_backbones), "c_dim": c_dim,
-                                                   "input_size": cfg.d_input_size}, "stage": cfg.stage}
+                                                   "input_size": cfg.d_input_size,
+                                                   "head_width": D_HEAD_WIDTH[cfg.preset]}, "stage": cfg.stage}
     decisions = {
         "D1_train_input": G.cfg.train_input, "D2_reduction": cfg.loss.reduction,
         "D3_class_table": d3,

@@ -68,12 +68,16 @@ class Head(nn.Module):
         c_dim: label width; 0 = unconditional.
         embed_classes: rows of the class table (>= c_dim).
         class_table: optional [embed_classes, 320] initial class table (copied); None = N(0, 1).
+        width: multiplier of the DownBlocks' output channels (1 = SPEC 4.6's; the `tiny` preset's
+            CPU-sized D uses less, model/config.py D_HEAD_WIDTH).
     """
 
     def __init__(self, in_channels: int, start_size: int, c_dim: int = 0, *,
-                 embed_classes: int = EMBED_CLASSES, class_table: torch.Tensor | None = None):
+                 embed_classes: int = EMBED_CLASSES, class_table: torch.Tensor | None = None, width: float = 1.0):
         super().__init__()
-        channels = dict(CHANNELS)
+        if not 0 < width <= 1:
+            raise ValueError(f"head width must be in (0, 1], got {width}")
+        channels = {size: max(8, round(ch * width)) for size, ch in CHANNELS.items()}
         channels[start_size] = in_channels
         blocks, size = [], start_size
         while size > END_SIZE:
@@ -127,6 +131,8 @@ class ProjectedDiscriminator(nn.Module):
             class table G's mapping starts from, Decision D3); None = N(0, 1) init.
         input_size: the smallest side lite0 sees (SPEC 4.2: 224; smaller inputs are resized up to
             it). The `tiny` preset's CPU-sized D uses 128 (model/config.py D_INPUT_SIZE).
+        head_width: multiplier of the heads' DownBlock channels (1 = SPEC 4.6; model/config.py
+            D_HEAD_WIDTH).
 
     Feature networks and projections are frozen and stay in eval mode (`train(mode)` switches the
     heads only: FeatureNetwork.train ignores the mode); `requires_grad_()` only toggles the heads.
@@ -136,7 +142,7 @@ class ProjectedDiscriminator(nn.Module):
     def __init__(self, backbones: Sequence[str] = (DEIT_B, LITE0), c_dim: int = 0,
                  weights: Weights | Mapping[str, Weights] = "pretrained", *, augment: bool = True,
                  embed_classes: int = EMBED_CLASSES, class_table: torch.Tensor | None = None,
-                 input_size: int = VIT_SIZE):
+                 input_size: int = VIT_SIZE, head_width: float = 1.0):
         super().__init__()
         backbones = tuple(backbones)
         if not backbones or len(set(backbones)) != len(backbones):
@@ -160,7 +166,7 @@ class ProjectedDiscriminator(nn.Module):
             feat = FeatureNetwork(name, w, min_size=VIT_SIZE if name != LITE0 else input_size)
             self.feature_networks[name] = feat
             self.discriminators[name] = MultiScaleHeads(
-                feat.channels, c_dim, embed_classes=embed_classes, class_table=class_table)
+                feat.channels, c_dim, embed_classes=embed_classes, class_table=class_table, width=head_width)
 
     def requires_grad_(self, requires_grad: bool = True) -> ProjectedDiscriminator:
         """Toggle the heads only; the feature networks stay frozen."""

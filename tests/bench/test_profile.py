@@ -15,6 +15,7 @@ import torch
 from bench.layers import BenchLayer, flrelu_flops
 from bench.paper import TABLE3_SECONDS, speedups, table3_markdown
 from bench.profile_layers import markdown, run_profile, write_outputs
+from model.config import D_INPUT_SIZE
 from model.feature_networks import LITE0
 from model.generator import build_generator
 
@@ -83,11 +84,12 @@ def test_times_shares_and_discriminator_rows(both16, g32):
     assert [r["name"] for r in d] == ["blur"] + [f"{LITE0}/{p}" for p in ("augment", "features", "projection")] + [
         f"{LITE0}/head{k}" for k in range(4)]
     by = {r["name"]: r for r in d}
-    assert by[f"{LITE0}/features"]["fwd_flops"] > 1e8  # lite0 at 224: about 0.4 GMAC per image
+    # The tiny preset's D feeds lite0 at 128² (model/config.py D_INPUT_SIZE): about 0.13 GMAC per image.
+    assert D_INPUT_SIZE["tiny"] == 128 and by[f"{LITE0}/features"]["fwd_flops"] > 1e8
     for k in range(4):  # trainable heads: counted forward, and a backward with weight grads
         head = by[f"{LITE0}/head{k}"]
         assert head["flops_source"] == "flop_counter" and head["fwd_flops"] > 0 and head["bwd_flops"] > head["fwd_flops"]
-        assert head["out_shape"] == [BATCH, 16]  # 224 input: a 4x4 logit map per head
+        assert head["out_shape"] == [BATCH, 1]  # 128 input: one logit per head (224 gives a 4x4 map)
 
 
 def test_outputs_written_and_parse(both16, tmp_path):

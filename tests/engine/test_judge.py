@@ -77,3 +77,25 @@ def test_default_metrics():
     assert default_metrics(None) == ("shapes_fid", "shapes_acc")
     assert default_metrics(None, cond=False) == ("shapes_fid",)
     assert default_metrics("/data/imagenet") == ()
+
+
+def test_shapes_metrics_share_one_pass(tmp_path):
+    """With a `shared` dict, shapes_fid then shapes_acc generate the images once and give the values
+    of separate passes."""
+    spec = DatasetSpec(resolution=16, cond=True, synthetic_size=500)
+    kw = dict(num_gen=100, batch=50, cache_dir=tmp_path, progress=False)
+    calls = []
+
+    class Counting(Renderer):
+        def forward(self, z, c, psi=1.0):
+            calls.append(z.shape[0])
+            return super().forward(z, c, psi)
+
+    G = Counting(16, shift=0)
+    alone = {m: metrics.compute_metric(m, G, spec, **kw)[m] for m in ("shapes_fid", "shapes_acc")}
+    assert sum(calls) == 200
+    calls.clear()
+    shared = {}
+    together = {m: metrics.compute_metric(m, G, spec, shared=shared, **kw)[m] for m in ("shapes_fid", "shapes_acc")}
+    assert sum(calls) == 100
+    assert together == pytest.approx(alone, rel=1e-6)

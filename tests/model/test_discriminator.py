@@ -74,6 +74,23 @@ def test_trainable_parameter_counts():
     assert [len(h.main) for h in d_uncond.discriminators[LITE0].heads] == [4, 3, 2, 1]
 
 
+def test_head_width_scales_downblock_channels():
+    """The tiny preset's quarter-width heads: every DownBlock output channel count times 0.25 (at
+    least 8), the projected levels' input channels and the logit layout unchanged."""
+    full, quarter = _lite0_d(c_dim=10), _lite0_d(c_dim=10, head_width=0.25)
+    for hf, hq in zip(full.discriminators[LITE0].heads, quarter.discriminators[LITE0].heads):
+        convs_f = [b[0].out_channels for b in hf.main]
+        convs_q = [b[0].out_channels for b in hq.main]
+        assert convs_q == [max(8, round(c / 4)) for c in convs_f]
+        assert hq.main[0][0].in_channels == hf.main[0][0].in_channels
+    assert quarter.num_logits(16) == full.num_logits(16)
+    x_NCHW, c_NC = torch.rand(N, 3, 16, 16) * 2 - 1, _onehot([1, 7], 10)
+    assert quarter(x_NCHW, c_NC).shape == full(x_NCHW, c_NC).shape
+    assert _trainable(quarter) < 0.25 * _trainable(full)
+    with pytest.raises(ValueError, match="head width"):
+        _lite0_d(head_width=0.0)
+
+
 def test_full_default_pair(monkeypatch):
     """DeiT-B + lite0: 64 logits each at a 32² input, SPEC 4.4/4.5 sizes, fresh augment per backbone."""
     D = ProjectedDiscriminator(weights="random")
