@@ -58,6 +58,10 @@ def parser() -> argparse.ArgumentParser:
                         "training process); batches do not depend on it")
     p.add_argument("--glr", type=float, default=0.0025, help="G's Adam learning rate")
     p.add_argument("--dlr", type=float, default=0.002, help="D's Adam learning rate")
+    p.add_argument("--ema-kimg", type=float, default=None,
+                   help="G_ema half-life, kimg (default: batch * 10 / 32, SPEC 5.7)")
+    p.add_argument("--ema-rampup", type=float, default=0.05,
+                   help="the half-life is at most this fraction of the images seen so far (0 = no ramp-up)")
     p.add_argument("--augment", type=int, default=1, choices=(0, 1), help="DiffAugment of D's inputs")
     p.add_argument("--blur-sigma", type=float, default=2.0, help="initial Gaussian blur of D's inputs, pixels")
     p.add_argument("--blur-fade-kimg", type=float, default=300.0, help="the blur fades linearly to 0 over this many kimg")
@@ -78,6 +82,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         act_ckpt=args.act_ckpt, d_weights=args.d_weights, d_input=args.d_input, d_augment=bool(args.augment),
         d_backbones=tuple(b for b in args.d_backbones.split(",") if b), compile={"1": "on", "0": "off"}.get(args.compile, args.compile),
         stem=args.stem, resume=args.resume, max_ticks=args.max_ticks, workers=args.workers,
+        ema_kimg=args.ema_kimg, ema_rampup=args.ema_rampup or None,
         optim=OptimConfig(g_lr=args.glr, d_lr=args.dlr),
         loss=dataclasses.replace(LossConfig(), cls_weight=args.cls_weight, reduction=args.reduction,
                                  blur_sigma=args.blur_sigma, blur_fade_kimg=args.blur_fade_kimg),

@@ -95,6 +95,10 @@ class TrainConfig:
             raise ValueError(f"act_ckpt must be >= 0 (an output side in pixels; 0 = off), got {self.act_ckpt}")
         if self.class_init not in ("auto", "lite0", "random"):
             raise ValueError(f"class_init must be auto, lite0 or random, got {self.class_init!r}")
+        if self.ema_kimg is not None and not self.ema_kimg > 0:
+            raise ValueError(f"ema_kimg must be > 0 (a half-life in kimg; None = batch * 10 / 32), got {self.ema_kimg}")
+        if self.ema_rampup is not None and not self.ema_rampup > 0:
+            raise ValueError(f"ema_rampup must be > 0 (None = off), got {self.ema_rampup}")
         if self.d_precision not in ("auto", "fp32", "autocast_bf16"):
             raise ValueError(f"d_precision must be auto, fp32 or autocast_bf16, got {self.d_precision!r}")
         if self.compile not in ("auto", "on", "off"):

@@ -248,6 +248,20 @@ def test_generated_images_protocol():
     assert torch.equal(images, expected)
 
 
+def test_cpu_generation_chunks_do_not_change_images(monkeypatch):
+    """On a CPU, G runs at most CPU_G_CHUNK images per forward; the images are those of one big batch."""
+    G = small_generator()
+    monkeypatch.setattr(metrics, "CPU_G_CHUNK", 3)
+    seen = []
+    handle = G.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    chunked = torch.cat(list(metrics.generated_images(G, 7, batch=64, seed=0)))
+    handle.remove()
+    assert seen == [3, 3, 1]
+    monkeypatch.setattr(metrics, "CPU_G_CHUNK", 64)
+    whole = torch.cat(list(metrics.generated_images(G, 7, batch=64, seed=0)))
+    assert (chunked.int() - whole.int()).abs().max() <= 1  # float summation order only
+
+
 # -- weights ------------------------------------------------------------------------------------------
 
 def test_missing_weights_raise_helpful_error(tmp_path, monkeypatch):

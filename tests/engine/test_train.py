@@ -116,6 +116,17 @@ def test_dry_run_prints_config_and_layers():
     assert doc["generator"][0]["name"] == "L0_36_1024"
 
 
+def test_ema_flags():
+    from engine.cli import config_from_args, parser
+
+    cfg = config_from_args(parser().parse_args(["--stage", "16", "--ema-kimg", "2", "--ema-rampup", "0"]))
+    assert cfg.ema_kimg == 2.0 and cfg.ema_rampup is None and cfg.ema_beta(10**6) == 0.5 ** (cfg.batch / 2000)
+    cfg = config_from_args(parser().parse_args(["--stage", "16", "--batch", "32", "--batch-gpu", "8"]))
+    assert cfg.ema_half_life_img == 10_000 and cfg.ema_beta(1000) == 0.5 ** (32 / 50)  # ramp-up 0.05
+    with pytest.raises(ValueError, match="ema_kimg must be > 0"):
+        config_from_args(parser().parse_args(["--stage", "16", "--ema-kimg", "-1"]))
+
+
 def test_metrics_pick_best(tmp_path, monkeypatch):
     """A metric at every snapshot lands in stats.jsonl and the plot; best.safetensors is the
     snapshot with the lowest value (a small rFID: 64 generated images, the random Inception at 80 px)."""

@@ -52,3 +52,14 @@ def test_bad_arguments(call, exc, match):
 def test_filter_larger_than_input_names_the_problem():
     with pytest.raises(ValueError, match="smaller than the 12x12 filter"):
         upfirdn2d(torch.randn(1, 1, 4, 4), torch.ones(12), down=2)
+
+
+def test_default_impl_per_device():
+    """impl=None: Triton on CUDA; on CPU the ATen fallback for the FIR ops (measured faster there)
+    and the reference for the others. The fallback is checked against the reference in each op's tests."""
+    from kernels._dispatch import choose
+
+    cpu = torch.zeros(1)
+    assert choose("upfirdn2d", cpu, None) == "cuda" and choose("filtered_lrelu", cpu, None) == "cuda"
+    assert choose("bias_act", cpu, None) == "ref" and choose("modulated_conv2d", cpu, None) == "ref"
+    assert choose("upfirdn2d", cpu, "ref") == "ref"
