@@ -6,13 +6,22 @@ progress, optimizer hyperparameters). A human-readable copy of that JSON is writ
 file. No pickles: loading never runs code.
 
 Atomicity: write to a temporary file in the same folder, fsync it, os.replace it over the
-target, fsync the folder. A killed run leaves either the old or the new checkpoint.
+target, fsync the folder. A killed run leaves either the old or the new checkpoint, and maybe
+the temporary file of the write it interrupted (`.<name>.tmp-<pid>`), which the next run removes
+(`remove_stale_temporaries`). Files get the usual permissions (0666 less the umask), like every
+other output, not safetensors' 0600.
+
+Before a run builds anything, `resume_source` picks what it resumes from (latest, else best) and
+`verify` checks that file's header and length, so a damaged checkpoint is reported at once with
+the intact alternatives named.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -29,6 +38,12 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -60,6 +75,7 @@ def save(path: str | Path, parts: dict[str, dict[str, torch.Tensor]], meta: dict
             flat[f"{part}/{name}"] = t.detach().to("cpu").contiguous().clone()
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_file(flat, str(tmp), metadata={"meta": json.dumps(meta)})
+    os.chmod(tmp, 0o666 & ~_umask())
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -97,3 +113,107 @@ def check_compatible(meta: dict, expected_arch: dict, path: str | Path) -> None:
     if diff:
         lines = ", ".join(f"{k}: checkpoint {a!r} vs requested {b!r}" for k, (a, b) in sorted(diff.items()))
         raise ValueError(f"checkpoint {path} is incompatible with this run ({lines})")
+
+
+MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
+
+
+def verify(path: str | Path) -> dict:
+    """A checkpoint's meta after checking, without reading any tensor, that its header parses and
+    that the file is exactly as long as the header says (a truncated copy, a file cut short by a
+    full disk or a foreign file fail). Raises ValueError naming the file and the problem."""
+    path = Path(path)
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                raise ValueError(f"{size} bytes, shorter than a safetensors header")
+            n = int.from_bytes(prefix, "little")
+            if n > min(MAX_HEADER, size - 8):
+                raise ValueError(f"its header claims {n} bytes in a {size}-byte file")
+            header = json.loads(f.read(n))
+        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+        expected = 8 + n + max(ends, default=0)
+        if size != expected:
+            raise ValueError(f"{size} bytes where its header describes {expected} (truncated or overwritten)")
+        meta = json.loads((header.get("__metadata__") or {}).get("meta", "null"))
+    except ValueError as e:
+        raise ValueError(f"{path} is damaged: {e}") from e
+    except (KeyError, TypeError, AttributeError, IndexError) as e:
+        raise ValueError(f"{path} is damaged: malformed header ({type(e).__name__}: {e})") from e
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} is not a checkpoint of this engine (no engine metadata)")
+    return meta
+
+
+def _problem(path: Path) -> str | None:
+    try:
+        verify(path)
+    except (ValueError, OSError) as e:
+        return str(e)
+    return None
+
+
+def resume_source(stage_dir: str | Path, log=print) -> Path | None:
+    """The checkpoint a run in `stage_dir` resumes from: latest.safetensors, else best.safetensors
+    (said in the log), else None (a fresh start). Raises ValueError, before anything is built or
+    written, when the file to resume from is damaged, naming the intact alternatives and how to
+    use them: a run never starts over on top of existing checkpoints."""
+    out = Path(stage_dir)
+    latest, best = out / "latest.safetensors", out / "best.safetensors"
+    if latest.exists():
+        problem = _problem(latest)
+        if problem is None:
+            return latest
+        if best.exists() and _problem(best) is None:
+            kimg = verify(best).get("progress", {}).get("cur_nimg", 0) / 1000
+            hint = (f"the intact {best} ({kimg:g} kimg) is there: move the damaged file away "
+                    f"(mv {latest} {latest}.damaged) and re-run the command to resume from it")
+        else:
+            hint = (f"no intact checkpoint is left in {out}: move the damaged file away "
+                    f"(mv {latest} {latest}.damaged) to train the stage from the start")
+        raise ValueError(f"cannot resume: {problem}; {hint}")
+    if best.exists():
+        problem = _problem(best)
+        if problem is not None:
+            raise ValueError(f"cannot resume: {out} has no latest.safetensors and {problem}; move it away "
+                             f"(mv {best} {best}.damaged) to train the stage from the start")
+        kimg = verify(best).get("progress", {}).get("cur_nimg", 0) / 1000
+        log(f"no latest.safetensors in {out}: resuming from best.safetensors ({kimg:g} kimg)")
+        return best
+    return None
+
+
+_TMP = re.compile(r"^\..+\.tmp-(\d+)$")
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[str]:
+    """Remove the `.<name>.tmp-<pid>` files of writers that are no longer running (a run killed
+    mid-write); returns their names. Files of live processes are left alone."""
+    removed = []
+    for p in sorted(Path(folder).iterdir()):
+        m = _TMP.match(p.name)
+        if m is None or not p.is_file() or int(m.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+            continue  # that writer is alive
+        except ProcessLookupError:
+            pass
+        except PermissionError:  # alive, another user's
+            continue
+        p.unlink(missing_ok=True)
+        removed.append(p.name)
+    return removed
+
+
+def check_free_space(folder: str | Path, nbytes: int, copies: int = 2) -> None:
+    """Raise ValueError when `folder`'s file system cannot hold `copies` more checkpoints of about
+    `nbytes` each (a write needs room for the new file next to the old one): before the first
+    tick, not at the first snapshot."""
+    free = shutil.disk_usage(folder).free
+    if free < copies * nbytes:
+        raise ValueError(f"not enough free disk space in {folder}: {free / 2**20:.0f} MiB free, but {copies} "
+                         f"checkpoint cop{'ies' if copies > 1 else 'y'} of about {nbytes / 2**20:.0f} MiB "
+                         f"{'are' if copies > 1 else 'is'} needed; free some space or choose another --outdir")

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 
 from engine.config import LossConfig, OptimConfig, TrainConfig, default_metrics
+from engine.interrupt import parse_signals
 
 
 def parser() -> argparse.ArgumentParser:
@@ -52,6 +53,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", default="auto", choices=("auto", "on", "off", "1", "0"),
                    help="torch.compile G and D (auto: on CUDA, off on CPU; on also compiles on CPU)")
     p.add_argument("--max-ticks", type=int, default=None, help="stop after this many ticks")
+    p.add_argument("--stop-signals", default="INT,TERM,USR1", metavar="NAMES",
+                   help="signals that stop the run cleanly: finish the iteration, save latest, exit 3 (re-run "
+                        "to resume); a second one aborts at once (exit 130). '' keeps Python's default handlers")
     p.add_argument("--workers", type=int, default=2,
                    help="data loading parallelism per rank: torch DataLoader worker processes, or with DALI its "
                         "CPU threads and as many threads reading files one batch ahead (0 = read in the "
@@ -82,6 +86,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         act_ckpt=args.act_ckpt, d_weights=args.d_weights, d_input=args.d_input, d_augment=bool(args.augment),
         d_backbones=tuple(b for b in args.d_backbones.split(",") if b), compile={"1": "on", "0": "off"}.get(args.compile, args.compile),
         stem=args.stem, resume=args.resume, max_ticks=args.max_ticks, workers=args.workers,
+        stop_signals=parse_signals(args.stop_signals),
         ema_kimg=args.ema_kimg, ema_rampup=args.ema_rampup or None,
         optim=OptimConfig(g_lr=args.glr, d_lr=args.dlr),
         loss=dataclasses.replace(LossConfig(), cls_weight=args.cls_weight, reduction=args.reduction,

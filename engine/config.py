@@ -69,6 +69,7 @@ class TrainConfig:
     stem: str | None = None  # checkpoint of the previous stage to grow from (default: run_dir's)
     resume: str | None = None  # explicit checkpoint to copy weights from (restarts the counter)
     max_ticks: int | None = None  # stop after this many ticks (tests)
+    stop_signals: tuple[str, ...] = ("INT", "TERM", "USR1")  # save latest and stop on these (engine/interrupt.py)
     workers: int = 2  # data loading per rank: DataLoader worker processes, or DALI threads + file readers
     backend: str = "deepspeed"  # "deepspeed" (one engine per network) or "plain" (torch.optim, debugging)
     zero_stage: int | None = None  # DeepSpeed ZeRO stage of both engines; None = 2 (every stage; README: memory)
@@ -105,6 +106,9 @@ class TrainConfig:
             raise ValueError(f"compile must be auto, on or off, got {self.compile!r}")
         if self.d_input is not None and self.d_input < 128:  # D's heads end in 4x4 convs on lite0's /32 maps
             raise ValueError(f"d_input must be >= 128 pixels (or None for the preset's), got {self.d_input}")
+        from engine.interrupt import parse_signals
+
+        parse_signals(",".join(self.stop_signals))  # names every unknown signal
         if self.kimg <= 0 or self.tick <= 0 or self.snap < 1:
             raise ValueError("kimg and tick must be positive and snap >= 1")
 
@@ -158,5 +162,7 @@ def from_dict(d: dict) -> TrainConfig:
     d["loss"] = LossConfig(**d.get("loss", {}))
     d["d_backbones"] = tuple(d.get("d_backbones", ()))
     d["metrics"] = tuple(d.get("metrics", ()))
+    if "stop_signals" in d:
+        d["stop_signals"] = tuple(d["stop_signals"])
     return TrainConfig(**d)
 

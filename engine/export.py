@@ -14,7 +14,6 @@ the optimizer state of a training checkpoint are never read or built.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -26,7 +25,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import torch  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 
-from engine import checkpoint  # noqa: E402
+from engine import checkpoint, errors  # noqa: E402
 from model.config import GeneratorConfig  # noqa: E402
 from model.generator import Generator  # noqa: E402
 
@@ -39,12 +38,13 @@ def read_generator_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict
     """(G_ema state dict on CPU, meta) of a training checkpoint or an exported file.
 
     Raises:
-        FileNotFoundError: no such file.
-        ValueError: not a safetensors file of this engine, or it holds no G_ema weights.
+        FileNotFoundError: no such file. IsADirectoryError: a directory.
+        ValueError: not a safetensors file of this engine (a pickle: the message gives the
+            engine.import_official command that converts it), or it holds no G_ema weights.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"generator file {path} does not exist")
+        raise errors.not_a_checkpoint(path, what="generator file")
     state: dict[str, torch.Tensor] = {}
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
@@ -52,8 +52,8 @@ def read_generator_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict
             for key in f.keys():
                 if key.startswith(PART + "/"):
                     state[key[len(PART) + 1:]] = f.get_tensor(key)
-    except Exception as e:  # a truncated or foreign file: say which
-        raise ValueError(f"{path} is not a readable checkpoint of this engine: {e}") from e
+    except Exception as e:  # a truncated or foreign file (e.g. an official pickle): say which
+        raise errors.not_a_checkpoint(path, e) from e
     if not isinstance(meta, dict) or "G" not in (meta.get("arch") or {}):
         raise ValueError(f"{path} has no engine metadata with meta['arch']['G']: not a checkpoint of this engine")
     if not state:
@@ -115,16 +115,14 @@ def export_generator(ckpt_path: str | Path, out_path: str | Path) -> Path:
     return save_generator(g, out_path, meta, source=str(ckpt_path))
 
 
+@errors.cli
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Export the G_ema generator of a checkpoint as an inference-only file.")
+    p = errors.ArgumentParser(prog="python -m engine.export",
+                              description="Export the G_ema generator of a checkpoint as an inference-only file.")
     p.add_argument("--network", required=True, help="training checkpoint (.safetensors)")
     p.add_argument("--out", required=True, help="output file (.safetensors; a .json copy of the meta goes beside it)")
     args = p.parse_args(argv)
-    try:
-        out = export_generator(args.network, args.out)
-    except (FileNotFoundError, ValueError) as e:
-        p.exit(2, f"{p.prog}: error: {e}\n")
-    print(f"wrote {out}")
+    print(f"wrote {export_generator(args.network, args.out)}")
     return 0
 
 

@@ -34,6 +34,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from engine import errors  # noqa: E402
 from engine.compile import maybe_compile  # noqa: E402
 from engine.export import load_generator  # noqa: E402
 from engine.samples import grid_of, save_png, tile, to_uint8  # noqa: E402
@@ -338,8 +339,9 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 30,
 # ----------------------------------------------------------------------------- command line
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Sample a trained StyleGAN-XL generator (images, grids, class sheets, "
-                                            "style mixing, interpolation videos).")
+    p = errors.ArgumentParser(prog="python -m engine.generate",
+                              description="Sample a trained StyleGAN-XL generator (images, grids, class sheets, "
+                                          "style mixing, interpolation videos).")
     p.add_argument("--network", required=True, help="training checkpoint or exported generator (.safetensors)")
     p.add_argument("--seeds", default="0-7", help="seeds, e.g. 0-7,42 (default 0-7)")
     p.add_argument("--class", dest="cls", default=None,
@@ -374,13 +376,22 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _device(name: str | None) -> torch.device:
-    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+def device_of(name: str | None) -> torch.device:
+    """--device: None = cuda when available, else cpu. ValueError for a name torch or this machine lacks."""
+    try:
+        device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as e:  # torch's "Expected one of cpu, cuda, ... device type": a bad argument
+        raise ValueError(f"--device {name!r} is not a device name (use cpu, cuda or cuda:N): {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is available here; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return device
 
 
 def run(args: argparse.Namespace, log: Log = print) -> list[Path]:
     """Everything main() does, minus argument parsing and error formatting; returns written files."""
-    device = _device(args.device)
+    device = device_of(args.device)
     dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
     seeds = parse_seeds(args.seeds)
     translate = parse_vec2(args.translate)
@@ -439,13 +450,10 @@ def _said(log: Log, path: Path, what: str = "") -> Path:
     return path
 
 
+@errors.cli
 def main(argv=None) -> int:
-    p = parser()
-    args = p.parse_args(argv)
-    try:
-        run(args)
-    except (FileNotFoundError, ValueError) as e:
-        p.exit(2, f"{p.prog}: error: {e}\n")
+    """The command line; expected errors: one `error:` line, exit status 2 (engine/errors.py)."""
+    run(parser().parse_args(argv))
     return 0
 
 

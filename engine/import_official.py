@@ -53,9 +53,7 @@ a namespace not listed above, pass --inert PREFIX (still inert) after checking t
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import pickle
 import re
 import sys
 from pathlib import Path
@@ -66,7 +64,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from engine import checkpoint  # noqa: E402
+from engine import checkpoint, errors  # noqa: E402
 from engine.safe_pickle import OfficialImportError, Opaque, Persistent, load_official  # noqa: E402
 from model.config import GeneratorConfig  # noqa: E402
 from model.generator import Generator  # noqa: E402
@@ -301,8 +299,11 @@ def import_official(pkl: str | Path, out: str | Path, *, inert: tuple[str, ...] 
     return checkpoint.save(out, parts, meta)
 
 
+@errors.cli
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    """The command line; expected errors (a missing, foreign or unconvertible pickle, bad arguments):
+    one `error:` line, exit status 2 (engine/errors.py)."""
+    p = errors.ArgumentParser(prog="python -m engine.import_official", description=__doc__.split("\n\n")[0])
     p.add_argument("--pkl", required=True, help="official network pickle (StyleGAN-XL or StyleGAN3-T)")
     p.add_argument("--out", required=True, help="output checkpoint (.safetensors)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
@@ -312,12 +313,8 @@ def main(argv=None) -> int:
     p.add_argument("--inert", action="append", default=[], metavar="PREFIX",
                    help="extra module prefix whose globals are kept as inert records (never executed)")
     args = p.parse_args(argv)
-    try:
-        path = import_official(args.pkl, args.out, dtype=args.dtype, inert=tuple(args.inert),
-                               head_layers=args.head_layers, up_factor=args.up_factor)
-    except (OfficialImportError, pickle.UnpicklingError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    path = import_official(args.pkl, args.out, dtype=args.dtype, inert=tuple(args.inert),
+                           head_layers=args.head_layers, up_factor=args.up_factor)
     _, meta = checkpoint.load(path)
     g = meta["arch"]["G"]
     print(f"wrote {path}: {meta['imported_from']['family']} {meta['imported_from']['class']}, {g['resolution']}², "

@@ -32,6 +32,7 @@ from engine.compile import compile_enabled
 from engine.config import TrainConfig, to_dict
 from engine.samples import save_grid
 from engine.stages import build_stage, stage_dir
+from engine.interrupt import StopRequest, Stopped
 from engine.stats import StatsWriter
 from engine.step import PathLength, PhaseLosses, train_iteration
 from engine.telemetry import Telemetry
@@ -46,6 +47,7 @@ class Progress:
     batch_idx: int = 0  # iterations this stage
     pl_mean: float = 0.0  # running path-length mean (stem; rank 0's)
     best_metric: float | None = None
+    tick_start_nimg: int | None = None  # where the current tick began (a stop can fall mid-tick); None: cur_nimg
 
 
 def make_backend(cfg: TrainConfig, device: torch.device, path_length_active: bool):
@@ -140,6 +142,14 @@ def load_checkpoint(path: Path, be, st, device) -> Progress:
     return Progress(**meta["progress"])
 
 
+def checkpoint_bytes(G: torch.nn.Module, D: torch.nn.Module) -> int:
+    """About how large this stage's checkpoint is: G and G_ema, D, and the two Adam moments of
+    every trainable parameter, in fp32."""
+    size = lambda tensors: sum(t.numel() * 4 for t in tensors)  # noqa: E731
+    trainable = [p for m in (G, D) for p in m.parameters() if p.requires_grad]
+    return 2 * size(G.state_dict().values()) + size(D.state_dict().values()) + 2 * size(trainable)
+
+
 def cfg_seed(seed: int, be) -> int:
     return seed * be.world_size + be.rank
 
@@ -149,7 +159,10 @@ def metric_detectors(cfg: TrainConfig) -> dict:
     unknown metric or missing Inception/VGG16 weights fail now, not at the first snapshot."""
     from engine.metrics import metric_detector
 
-    return {name: metric_detector(name) for name in cfg.metrics}
+    from engine import errors
+
+    with errors.needs_weights():
+        return {name: metric_detector(name) for name in cfg.metrics}
 
 
 def run_metrics(cfg: TrainConfig, g_ema, st, detectors: dict, device, rank: int, world: int,
@@ -208,11 +221,20 @@ def train_stage(cfg: TrainConfig, device: torch.device, log=print) -> Progress:
     main = rank == 0
     say = log if main else (lambda *a, **k: None)
     out = stage_dir(cfg)
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
+    # Before anything is built or written: which checkpoint this run resumes from, and that it is intact.
+    resume_from = checkpoint.resume_source(out, say)
+    if main and out.is_dir():
+        removed = checkpoint.remove_stale_temporaries(out)
+        if removed:
+            say(f"removed {len(removed)} temporary file(s) of an interrupted write: {', '.join(removed[:3])}")
     torch.manual_seed(cfg.seed)  # identical networks on every rank
     detectors = metric_detectors(cfg) if cfg.metrics else {}
-    st = build_stage(cfg, device, rank, world, log=say)
+    st = build_stage(cfg, device, rank, world, log=say)  # opens (and checks) the data first
+    if main and getattr(st.dataset, "scan_summary", None):
+        say(st.dataset.scan_summary)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        checkpoint.check_free_space(out, checkpoint_bytes(st.G, st.D), copies=1 if resume_from else 2)
     pl_active = st.is_stem and cfg.loss.pl_weight > 0
     be = make_backend(cfg, device, pl_active)
     if cfg.act_ckpt:
@@ -223,20 +245,22 @@ def train_stage(cfg: TrainConfig, device: torch.device, log=print) -> Progress:
     be.setup(st.G, st.D, cfg.optim, compile=compiled)
     say(f"torch.compile: {'on' if compiled else 'off'} (--compile {cfg.compile}, {device.type})")
     G = be.g_module  # raw module: the path-length phase calls its submodules
-    if main:
+    torch.manual_seed(cfg_seed(cfg.seed, be))  # per-rank latents, labels and augmentations
+    latest = out / "latest.safetensors"
+    prog = load_checkpoint(resume_from, be, st, device) if resume_from else Progress()
+    if prog.cur_nimg:
+        say(f"resuming {resume_from} at {prog.cur_nimg / 1000:g} kimg (tick {prog.cur_tick})")
+    if main:  # after the checkpoint loaded: a refused resume leaves the previous config.json
         ds = {n: be.config(n, cfg.optim) for n in ("G", "D")} if hasattr(be, "config") else None
         (out / "config.json").write_text(json.dumps({"train": to_dict(cfg), "arch": st.arch, "decisions": st.decisions,
                                                      "world_size": world, "deepspeed": ds}, indent=2))
-    torch.manual_seed(cfg_seed(cfg.seed, be))  # per-rank latents, labels and augmentations
-    latest = out / "latest.safetensors"
-    prog = load_checkpoint(latest, be, st, device) if latest.exists() else Progress()
-    if prog.cur_nimg:
-        say(f"resuming {latest} at {prog.cur_nimg / 1000:.1f} kimg")
     split = st.D.num_logits(cfg.stage)
     reduction = cfg.loss.reduction
     total_nimg = int(cfg.kimg * 1000)
-    tick_start_nimg, tick_start_time, start_time = prog.cur_nimg, time.time(), time.time()
-    stats_out = StatsWriter(out) if main else None
+    if prog.tick_start_nimg is None:  # a fresh start, or a checkpoint written at a tick's end
+        prog.tick_start_nimg = prog.cur_nimg
+    tick_start_nimg, tick_start_time, start_time = prog.cur_nimg, time.time(), time.time()  # for the timings
+    stats_out = StatsWriter(out, resume_tick=prog.cur_tick) if main else None
     status = _Status(cfg, enabled=main, device=device)
     grid_z = torch.randn(64, G.cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 1)).to(device)
     # Up to 16 classes: one column per class (e.g. 10 columns x 6 rows); else classes 0, 1, 2, ... in order.
@@ -263,73 +287,83 @@ def train_stage(cfg: TrainConfig, device: torch.device, log=print) -> Progress:
     if done:
         say(f"stage {cfg.stage} is trained to {prog.cur_nimg / 1000:g} kimg already (--kimg {cfg.kimg:g}): nothing to do; "
             f"raise --kimg to continue")
-    while not done:
-        sigma_now = cfg.blur_sigma(prog.cur_nimg)
-        sigma = torch.tensor(sigma_now, device=device)  # 0-d: never recompiles
-        reals, real_labels = next(iterator)
-        reals = (reals.to(device).float() / 127.5 - 1).split(cfg.batch_gpu)
-        real_c = real_labels.to(device).split(cfg.batch_gpu) if st.c_dim else [None] * len(reals)
-        pl_now = (pl_active and prog.cur_nimg >= cfg.loss.pl_start_kimg * 1000
-                  and prog.batch_idx % cfg.optim.g_reg_interval == 0)
-        train_iteration(be, list(zip(reals, real_c)), draw, split=split, c_dim=st.c_dim, reduction=reduction,
-                        sigma=sigma, guidance=st.guidance, cls_weight=cfg.loss.cls_weight, pl=pl if pl_now else None,
-                        ema_beta=cfg.ema_beta(prog.cur_nimg), losses=tick_losses)
-        prog.cur_nimg += cfg.batch
-        prog.batch_idx += 1
-        status.update(prog.cur_nimg)
-        done = prog.cur_nimg >= total_nimg
-        if not done and prog.cur_nimg < tick_start_nimg + cfg.tick * 1000:
-            continue
+    stop = StopRequest(cfg.stop_signals, log=say)
+    with stop:
+        while not done:
+            sigma_now = cfg.blur_sigma(prog.cur_nimg)
+            sigma = torch.tensor(sigma_now, device=device)  # 0-d: never recompiles
+            reals, real_labels = next(iterator)
+            reals = (reals.to(device).float() / 127.5 - 1).split(cfg.batch_gpu)
+            real_c = real_labels.to(device).split(cfg.batch_gpu) if st.c_dim else [None] * len(reals)
+            pl_now = (pl_active and prog.cur_nimg >= cfg.loss.pl_start_kimg * 1000
+                      and prog.batch_idx % cfg.optim.g_reg_interval == 0)
+            train_iteration(be, list(zip(reals, real_c)), draw, split=split, c_dim=st.c_dim, reduction=reduction,
+                            sigma=sigma, guidance=st.guidance, cls_weight=cfg.loss.cls_weight, pl=pl if pl_now else None,
+                            ema_beta=cfg.ema_beta(prog.cur_nimg), losses=tick_losses)
+            prog.cur_nimg += cfg.batch
+            prog.batch_idx += 1
+            status.update(prog.cur_nimg)
+            if stop.agreed(be):  # every rank stops after this same iteration and saves it
+                prog.pl_mean = float(pl.mean)
+                save_checkpoint([latest], be, st, prog, cfg, device)
+                break
+            done = prog.cur_nimg >= total_nimg
+            if not done and prog.cur_nimg < prog.tick_start_nimg + cfg.tick * 1000:
+                continue
 
-        # Tick: status line, stats, and every `snap` ticks a sample grid, the metrics and a checkpoint.
-        # The only host reads of the tick's device values happen here.
-        prog.cur_tick += 1
-        prog.pl_mean = float(pl.mean)
-        losses = tick_losses.read()
-        telemetry = status.read()
-        status.show(losses, telemetry)
-        now = time.time()
-        sec_per_kimg = (now - tick_start_time) / max((prog.cur_nimg - tick_start_nimg) / 1000, 1e-8)
-        stats = {"tick": prog.cur_tick, "kimg": prog.cur_nimg / 1000, "sec_per_kimg": sec_per_kimg,
-                 "img_per_sec": 1000 / sec_per_kimg, "total_sec": now - start_time, "blur_sigma": sigma_now,
-                 **{f"loss_{k}": v for k, v in losses.items()}, **telemetry}
-        if cfg.max_ticks is not None and prog.cur_tick >= cfg.max_ticks:
-            done = True
-        snapshot = done or prog.cur_tick % cfg.snap == 0
-        is_best = False
-        if snapshot:
-            g_ema = be.ema_module()  # collective under ZeRO-3
-            if main:
-                with torch.no_grad():
-                    grid = torch.cat([g_ema(grid_z[i:min(i + 16, grid_n)], None if grid_c is None else grid_c[i:i + 16])
-                                      for i in range(0, grid_n, 16)])
-                save_grid(grid, out / f"samples_{prog.cur_nimg / 1000:09.3f}kimg.png", cols=grid_cols, scale=scale)
-            if cfg.metrics:
-                t0 = time.time()
-                results = run_metrics(cfg, g_ema, st, detectors, device, rank, world, progress=main)
-                stats.update({f"metric_{k}": v for k, v in results.items()}, metrics_sec=time.time() - t0)
-                key = next(iter(results))  # the first metric picks `best`
-                from engine.metrics import is_better
-
-                if is_better(key, results[key], prog.best_metric):
-                    prog.best_metric, is_best = results[key], True
-            del g_ema
-        if main:
-            stats_out.write(stats)
-            say("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items()))
+            # Tick: status line, stats, and every `snap` ticks a sample grid, the metrics and a checkpoint.
+            # The only host reads of the tick's device values happen here.
+            prog.cur_tick += 1
+            prog.pl_mean = float(pl.mean)
+            losses = tick_losses.read()
+            telemetry = status.read()
+            status.show(losses, telemetry)
+            now = time.time()
+            sec_per_kimg = (now - tick_start_time) / max((prog.cur_nimg - tick_start_nimg) / 1000, 1e-8)
+            stats = {"tick": prog.cur_tick, "kimg": prog.cur_nimg / 1000, "sec_per_kimg": sec_per_kimg,
+                     "img_per_sec": 1000 / sec_per_kimg, "total_sec": now - start_time, "blur_sigma": sigma_now,
+                     **{f"loss_{k}": v for k, v in losses.items()}, **telemetry}
+            if cfg.max_ticks is not None and prog.cur_tick >= cfg.max_ticks:
+                done = True
+            snapshot = done or prog.cur_tick % cfg.snap == 0
+            is_best = False
             if snapshot:
-                stats_out.plot()
-        tick_start_nimg, tick_start_time = prog.cur_nimg, time.time()
-        if snapshot:
-            paths = [latest]
-            if is_best or not cfg.metrics:  # without metrics, the latest snapshot is also the best
-                paths.append(out / "best.safetensors")
-            save_checkpoint(paths, be, st, prog, cfg, device)
+                g_ema = be.ema_module()  # collective under ZeRO-3
+                if main:
+                    with torch.no_grad():
+                        grid = torch.cat([g_ema(grid_z[i:min(i + 16, grid_n)], None if grid_c is None else grid_c[i:i + 16])
+                                          for i in range(0, grid_n, 16)])
+                    save_grid(grid, out / f"samples_{prog.cur_nimg / 1000:09.3f}kimg.png", cols=grid_cols, scale=scale)
+                if cfg.metrics:
+                    t0 = time.time()
+                    results = run_metrics(cfg, g_ema, st, detectors, device, rank, world, progress=main)
+                    stats.update({f"metric_{k}": v for k, v in results.items()}, metrics_sec=time.time() - t0)
+                    key = next(iter(results))  # the first metric picks `best`
+                    from engine.metrics import is_better
+
+                    if is_better(key, results[key], prog.best_metric):
+                        prog.best_metric, is_best = results[key], True
+                del g_ema
+            if main:
+                stats_out.write(stats)
+                say("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items()))
+                if snapshot:
+                    stats_out.plot()
+            tick_start_nimg, tick_start_time = prog.cur_nimg, time.time()
+            prog.tick_start_nimg = prog.cur_nimg
+            if snapshot:
+                paths = [latest]
+                if is_best or not cfg.metrics:  # without metrics, the latest snapshot is also the best
+                    paths.append(out / "best.safetensors")
+                save_checkpoint(paths, be, st, prog, cfg, device)
     if main:
         stats_out.close()
     status.close()
     st.loader.close()
     be.close()
+    if stop.requested:
+        raise Stopped(f"stopped by {stop.requested} at {prog.cur_nimg / 1000:g} kimg; saved {latest}; "
+                      f"re-run the same command to resume")
     if main and ran:
         say(summary(out, stats))
     return prog

@@ -33,7 +33,6 @@ Legend: feat_NF features, mu_F means, sigma_FF covariances, images_NCHW uint8 im
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import inspect
@@ -48,7 +47,7 @@ import PIL
 import torch
 from tqdm import tqdm
 
-from engine import data, inception, synthetic
+from engine import data, errors, inception, synthetic
 from engine.metric_math import (  # noqa: F401  (feature_moments, frechet_distance: public here too)
     feature_moments, fid_from_features, frechet_distance, kid, precision_recall)
 
@@ -473,8 +472,11 @@ def compute_metric(name: str, G: torch.nn.Module, dataset, *, num_gen: int | Non
 
 # -- CLI ----------------------------------------------------------------------------------------------
 
+@errors.cli
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m engine.metrics", description=__doc__.split("\n\n")[0])
+    """The command line; returns what it prints. Expected errors (bad arguments or files, missing
+    pretrained weights): one `error:` line, exit status 2 (engine/errors.py)."""
+    p = errors.ArgumentParser(prog="python -m engine.metrics", description=__doc__.split("\n\n")[0])
     p.add_argument("--network", required=True, help="checkpoint of this engine (G_ema is evaluated)")
     p.add_argument("--metrics", default="rfid50k_full", help=f"comma-separated, of: {', '.join(METRICS)}")
     p.add_argument("--data", help="dataset path (default: the checkpoint's training data; 'synthetic' = built-in)")
@@ -489,19 +491,23 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--max-images", type=int, help="real images: a seeded subset of this many (quick checks only; "
                    "the protocol uses the whole dataset)")
     p.add_argument("--detector-size", type=int, help="detector input side (quick checks only; default 299/224)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when available)")
     args = p.parse_args(argv)
+    unknown = [n for n in args.metrics.split(",") if n not in METRICS]
+    if unknown:
+        p.error(f"unknown metric(s) {unknown} in --metrics; choose from: {', '.join(METRICS)}")
+
+    from engine.export import load_generator
+    from engine.generate import device_of
 
     rank, world_size = 0, int(os.environ.get("WORLD_SIZE", "1"))
-    device = torch.device(args.device)
+    device = device_of(args.device)
     if world_size > 1:  # launched with torchrun
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
         rank = torch.distributed.get_rank()
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(device)
-    from engine.export import load_generator
-
     G, meta = load_generator(args.network, device)
     config = meta.get("config", {})
     path = args.data if args.data is not None else config.get("data")
@@ -513,8 +519,9 @@ def main(argv: list[str] | None = None) -> dict:
            "num_gen": {}, "detectors": {}}
     shared = {}
     for name in args.metrics.split(","):
-        det = metric_detector(name, inception_weights=args.inception_weights, vgg16_weights=args.vgg16_weights,
-                              rfid_seed=args.rfid_seed, size=args.detector_size)
+        with errors.needs_weights():  # Inception/VGG16 weights not found offline: the message lists the ways
+            det = metric_detector(name, inception_weights=args.inception_weights, vgg16_weights=args.vgg16_weights,
+                                  rfid_seed=args.rfid_seed, size=args.detector_size)
         out["results"] |= compute_metric(name, G, dataset, num_gen=args.num_gen, batch=args.batch, device=device,
                                          rank=rank, world_size=world_size, cache_dir=args.cache_dir, seed=args.seed,
                                          detector=det, num_workers=args.workers, shared=shared)
@@ -528,7 +535,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (RuntimeError, ValueError, FileNotFoundError) as e:  # missing weights, bad paths: the message says why
-        raise SystemExit(f"error: {e}") from e
+    main()

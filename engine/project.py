@@ -45,9 +45,10 @@ from safetensors.torch import save_file  # noqa: E402
 from torch import nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from engine import errors  # noqa: E402
 from engine.compile import maybe_compile  # noqa: E402
 from engine.export import load_generator, save_generator  # noqa: E402
-from engine.generate import class_index, write_video  # noqa: E402
+from engine.generate import class_index, device_of, write_video  # noqa: E402
 from engine.samples import save_png, tile, to_uint8  # noqa: E402
 
 Log = Callable[[str], None]
@@ -320,7 +321,8 @@ def save_w(path: Path, w_NW: torch.Tensor, ws_NLW: torch.Tensor, meta: dict) -> 
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Project an image into W of a trained generator (optionally + PTI).")
+    p = errors.ArgumentParser(prog="python -m engine.project",
+                              description="Project an image into W of a trained generator (optionally + PTI).")
     p.add_argument("--network", required=True, help="training checkpoint or exported generator (.safetensors)")
     p.add_argument("--target", required=True, help="target image (any size; center-cropped and resized)")
     p.add_argument("--outdir", default="proj", help="output folder (default proj)")
@@ -352,13 +354,15 @@ def parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, log: Log = print, progress: bool = True) -> dict:
     """Everything main() does; returns a summary (paths, losses)."""
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = device_of(args.device)
     dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
     G, meta = load_generator(args.network, device, dtype=dtype)
     cls = class_index(args.cls, G.cfg.c_dim, meta.get("class_names"))
     target_u8 = load_target(args.target, G.cfg.resolution)
     target = to_float(target_u8, device)
-    loss_fn = make_loss(args.loss, args.features, log, feature_size=args.feature_size).to(device)
+    with errors.needs_weights():  # LPIPS or lite0 weights not found: a one-line error naming the options
+        loss_fn = make_loss(args.loss, args.features, log, feature_size=args.feature_size)
+    loss_fn = loss_fn.to(device)
     log(f"loss: {loss_fn.name}" + (f" + {args.mse:g} x pixel MSE" if args.mse else ""))
     w0 = initial_w(G, target, cls, deit_weights=args.deit_weights, log=log)
     every = args.video_every or max(1, args.steps // 200)
@@ -392,13 +396,10 @@ def run(args: argparse.Namespace, log: Log = print, progress: bool = True) -> di
     return summary
 
 
+@errors.cli
 def main(argv=None) -> int:
-    p = parser()
-    args = p.parse_args(argv)
-    try:
-        run(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        p.exit(2, f"{p.prog}: error: {e}\n")
+    """The command line; expected errors: one `error:` line, exit status 2 (engine/errors.py)."""
+    run(parser().parse_args(argv))
     return 0
 
 

@@ -10,7 +10,9 @@ the pickle layout and the conversion):
   dnnlib., metrics., torch.nn., timm., functools., dill., torch tensor ops like torch.sigmoid, plus
   `inert` prefixes): inert records that only store their arguments and state;
 - anything else (builtins.eval/exec, os/posix.system, subprocess, unknown modules, ...):
-  UnpicklingError "refusing to load <module>.<name>: ...".
+  UnreadablePickle (a pickle.UnpicklingError and a ValueError) "X: refusing to load <module>.<name>: ...".
+Any other failure to parse the file (garbage bytes, truncation, a huge length claim raising MemoryError,
+UnicodeDecodeError, EOFError, ...) is one UnreadablePickle "X is not a readable network pickle (...)".
 module_src is never executed (only its sha256 is recorded). torch.save zip archives are read by
 the same Unpickler, storages coming from the archive's data/ entries.
 """
@@ -29,12 +31,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.errors import file_kind
+
 INERT_NAMESPACES = ("training", "pg_modules", "feature_networks", "torch_utils", "dnnlib", "metrics", "torch.nn",
                     "torch._C._nn", "timm", "functools", "dill")
 
 
 class OfficialImportError(ValueError):
     """The pickle is readable but cannot become an engine checkpoint (says why)."""
+
+
+class UnreadablePickle(OfficialImportError, pickle.UnpicklingError):
+    """The file is not a network pickle this importer reads: malformed, or it names a refused global."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,7 +121,12 @@ class _TensorType:  # torch.Tensor / torch.nn.Parameter as arguments of _rebuild
 
 
 def _fail(what: str, why: str):
-    raise pickle.UnpicklingError(f"refusing to load {what}: {why}")
+    raise UnreadablePickle(f"refusing to load {_short(what)}: {why}")
+
+
+def _short(text: str, limit: int = 160) -> str:
+    """text cut to `limit` characters (reprs of garbage input can be long)."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _reconstruct_persistent_obj(meta):
@@ -179,6 +192,12 @@ def _codecs_encode(text, encoding="utf-8"):
     return text.encode("latin1")
 
 
+def _bytearray(*args):
+    if args and not isinstance(args[0], (bytes, str)):  # bytearray(n) would allocate n bytes on request
+        _fail("builtins.bytearray", "only bytearray(bytes) or bytearray(str, encoding) is accepted")
+    return bytearray(*args)
+
+
 def _copyreg_reconstructor(cls, base, state):
     if not (isinstance(cls, type) and issubclass(cls, (Opaque, EasyDict, collections.OrderedDict))):
         _fail("copyreg._reconstructor", f"class {cls!r} is not an inert record")
@@ -200,7 +219,8 @@ _SAFE = {
     "numpy.dtype": np.dtype, "numpy.ndarray": np.ndarray,
     **{f"numpy.{core}.multiarray.{k}": v for core in ("core", "_core") for k, v in _NUMPY.items()},
     "_codecs.encode": _codecs_encode, "copyreg._reconstructor": _copyreg_reconstructor,
-    **{f"builtins.{t.__name__}": t for t in (set, frozenset, slice, complex, bytearray, object, range)},
+    **{f"builtins.{t.__name__}": t for t in (set, frozenset, slice, complex, object, range)},
+    "builtins.bytearray": _bytearray,
     "builtins.getattr": _opaque("builtins.getattr"),  # bound methods in D pickle as getattr(obj, name)
 }
 _TORCH_CONSTANTS = {k: v for k, v in vars(torch).items()
@@ -257,10 +277,35 @@ class SafeUnpickler(pickle.Unpickler):
 
 
 def load_official(path: str | Path, *, inert: tuple[str, ...] = ()) -> dict:
-    """The pickle's top-level dict with inert records for networks (plain pickle, dill or torch.save zip)."""
+    """The pickle's top-level dict with inert records for networks (plain pickle, dill or torch.save zip).
+
+    Raises:
+        FileNotFoundError: no such file.
+        UnreadablePickle (an OfficialImportError, so a ValueError, and a pickle.UnpicklingError):
+            "X: refusing to load <global>: <why>" for a refused global, "X is not a readable network
+            pickle (<error>)" for anything else the unpickler cannot parse (garbage, truncation,
+            huge length claims: MemoryError, UnicodeDecodeError, EOFError, ... are all caught).
+        OfficialImportError: a zip that is no torch.save archive, big-endian tensors, not a dict.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"network pickle {path} does not exist")
+    if path.is_dir():
+        raise IsADirectoryError(f"network pickle {path} is a directory, not a file")
+    try:
+        data = _read(path, inert)
+    except UnreadablePickle as e:  # a refused global (nothing ran): keep the reason, name the file
+        raise UnreadablePickle(f"{path}: {e}") from e
+    except OfficialImportError:
+        raise
+    except Exception as e:  # the file is not a pickle, or a damaged one; MemoryError: a huge length claim
+        raise UnreadablePickle(f"{path} is not a readable network pickle ({_unreadable(path, e)})") from e
+    if not isinstance(data, dict):
+        raise OfficialImportError(f"{path} holds a {type(data).__name__}, not the dict of a network snapshot")
+    return data
+
+
+def _read(path: Path, inert: tuple[str, ...]):
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as z:
             names = [n for n in z.namelist() if n.endswith("data.pkl")]
@@ -269,10 +314,18 @@ def load_official(path: str | Path, *, inert: tuple[str, ...] = ()) -> dict:
             prefix = names[0][: -len("data.pkl")]
             if prefix + "byteorder" in z.namelist() and z.read(prefix + "byteorder").strip() != b"little":
                 raise OfficialImportError(f"{path} stores big-endian tensors (not supported)")
-            data = SafeUnpickler(io.BytesIO(z.read(names[0])), inert=inert, archive=z, prefix=prefix).load()
-    else:
-        with open(path, "rb") as f:
-            data = SafeUnpickler(f, inert=inert).load()
-    if not isinstance(data, dict):
-        raise OfficialImportError(f"{path} holds a {type(data).__name__}, not the dict of a network snapshot")
-    return data
+            return SafeUnpickler(io.BytesIO(z.read(names[0])), inert=inert, archive=z, prefix=prefix).load()
+    with open(path, "rb") as f:
+        return SafeUnpickler(f, inert=inert).load()
+
+
+def _unreadable(path: Path, e: Exception) -> str:
+    """Why the unpickler failed, in words: what the file looks like, else the error."""
+    kind = file_kind(path)
+    if kind == "empty":
+        return "the file is empty"
+    if kind == "safetensors":
+        return "it is a safetensors file; a checkpoint of this engine needs no conversion"
+    if isinstance(e, MemoryError):
+        return "it claims an impossibly large object: damaged, or not a pickle"
+    return _short(f"{type(e).__name__}: {e}")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from engine import checkpoint
+from engine import checkpoint, errors
 from engine.export import load_generator
 from engine.config import TrainConfig
 from model.config import D_HEAD_WIDTH, PRESETS
@@ -123,16 +123,18 @@ def build_stage(cfg: TrainConfig, device: torch.device, rank: int = 0, world_siz
         parts, meta = checkpoint.load(cfg.resume)
         checkpoint.check_compatible(meta, {"G": dataclasses.asdict(G.cfg)}, cfg.resume)
         G.load_state_dict(parts["G"])
-    D = ProjectedDiscriminator(cfg.d_backbones, c_dim, weights=cfg.d_weights, class_table=table,
-                               embed_classes=max(1000, c_dim), input_size=cfg.d_input_size,
-                               head_width=D_HEAD_WIDTH[cfg.preset],
-                               augment=cfg.d_augment).to(device)
+    with errors.needs_weights():  # missing pretrained weights: an expected, one-line error
+        D = ProjectedDiscriminator(cfg.d_backbones, c_dim, weights=cfg.d_weights, class_table=table,
+                                   embed_classes=max(1000, c_dim), input_size=cfg.d_input_size,
+                                   head_width=D_HEAD_WIDTH[cfg.preset],
+                                   augment=cfg.d_augment).to(device)
     freeze_carried(G)
     guidance = None
     if cfg.loss.cls_weight > 0 and c_dim and cfg.stage > G.cfg.stem_res:
         from model.guidance import ClassifierGuidance
 
-        guidance = ClassifierGuidance(weights=cfg.d_weights).to(device).requires_grad_(False)
+        with errors.needs_weights():
+            guidance = ClassifierGuidance(weights=cfg.d_weights).to(device).requires_grad_(False)
     arch = {"G": dataclasses.asdict(G.cfg), "D": {"backbones": list(cfg.d_backbones), "c_dim": c_dim,
                                                    "input_size": cfg.d_input_size,
                                                    "head_width": D_HEAD_WIDTH[cfg.preset]}, "stage": cfg.stage}

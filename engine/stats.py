@@ -12,13 +12,39 @@ from pathlib import Path
 
 
 class StatsWriter:
-    def __init__(self, out_dir: Path):
+    """Appends to out_dir/stats.jsonl and the TensorBoard events, continuing a resumed run.
+
+    resume_tick: the tick the run resumes after (0 for a fresh start). Rows of later ticks, written
+    before a crash or an interrupt by a run whose checkpoint did not get that far, are dropped
+    from stats.jsonl (rewritten atomically) and TensorBoard purges its events past that point, so
+    a re-run writes no duplicate rows.
+    """
+
+    def __init__(self, out_dir: Path, resume_tick: int = 0):
         self.out_dir = Path(out_dir)
-        self.jsonl = open(self.out_dir / "stats.jsonl", "a")
+        path = self.out_dir / "stats.jsonl"
+        purge_step = None
+        if path.exists():
+            rows = [line for line in path.read_text().splitlines() if line.strip()]
+            keep = []
+            for line in rows:
+                try:
+                    row = json.loads(line)
+                except ValueError:  # a line cut short by a kill
+                    continue
+                if row.get("tick", 0) <= resume_tick:
+                    keep.append(line)
+                    purge_step = int(round(row["kimg"] * 1000)) + 1
+            if len(keep) != len(rows):
+                tmp = path.with_name(f".{path.name}.tmp")
+                tmp.write_text("".join(line + "\n" for line in keep))
+                tmp.replace(path)
+            purge_step = purge_step or 0
+        self.jsonl = open(path, "a")
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(self.out_dir / "tensorboard"))
+            self.tb = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=purge_step)
         except ImportError:  # tensorboard not installed: JSONL only
             self.tb = None
 

@@ -19,6 +19,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import torch  # noqa: E402
 
+from engine import errors  # noqa: E402
 from engine.cli import config_from_args, parser  # noqa: E402
 from engine.config import to_dict  # noqa: E402
 
@@ -34,6 +35,7 @@ def training_device() -> torch.device:
     return torch.device("cuda", local_rank)
 
 
+@errors.cli  # expected errors (bad data, damaged checkpoints, missing weights): one line, exit 2
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     # DeepSpeed's ZeRO internals call the old collective names; the warning is not ours to fix.
@@ -49,10 +51,19 @@ def main(argv=None) -> int:
             g = build_generator(cfg.preset, cfg.stage, 1000 if cfg.cond else 0)
         print(json.dumps({"train": to_dict(cfg), "generator": g.layer_specs()}, indent=2))
         return 0
+    from engine.interrupt import EXIT_ABORTED, EXIT_STOPPED, Stopped
     from engine.loop import train_stage
 
     device = training_device()
-    train_stage(cfg, device)
+    try:
+        train_stage(cfg, device)
+    except Stopped as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_STOPPED
+    except KeyboardInterrupt:
+        print("aborted: nothing saved since the last snapshot (latest.safetensors on disk is intact); re-run the "
+              "same command to resume from it", file=sys.stderr)
+        return EXIT_ABORTED
     return 0
 
 

@@ -267,7 +267,7 @@ def test_bad_inputs_are_clear(cond, uncond, tmp_path, capsys):
     assert "does not exist" in err
     bad = tmp_path / "corrupt.safetensors"
     bad.write_bytes(b"not a checkpoint at all")
-    assert "not a readable checkpoint" in _error(capsys, gen.main, "--network", bad)
+    assert "is not a checkpoint of this engine" in _error(capsys, gen.main, "--network", bad)
     assert "out of range" in _error(capsys, gen.main, "--network", cond, "--class", "7", "--outdir", tmp_path)
     assert "unconditional" in _error(capsys, gen.main, "--network", uncond, "--class", "0", "--outdir", tmp_path)
     assert "cannot parse" in _error(capsys, gen.main, "--network", cond, "--seeds", "x", "--outdir", tmp_path)

@@ -109,7 +109,9 @@ def test_cli_as_module_and_as_script(tmp_path, capsys):
     assert main(["--pkl", str(pkl), "--out", str(tmp_path / "a.safetensors"), "--dtype", "bfloat16"]) == 0
     assert "stylegan-xl Generator, 16²" in capsys.readouterr().out
     assert checkpoint.load(tmp_path / "a.safetensors")[1]["arch"]["G"]["dtype"] == "bfloat16"
-    assert main(["--pkl", str(tmp_path / "missing.pkl"), "--out", str(tmp_path / "b.safetensors")]) == 1
+    with pytest.raises(SystemExit) as info:  # an expected error: one `error:` line, exit status 2
+        main(["--pkl", str(tmp_path / "missing.pkl"), "--out", str(tmp_path / "b.safetensors")])
+    assert info.value.code == 2 and capsys.readouterr().err.startswith("error: network pickle")
     run = subprocess.run([sys.executable, str(ROOT / "engine" / "import_official.py"), "--pkl", str(pkl), "--out",
                           str(tmp_path / "s.safetensors")], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert run.returncode == 0, run.stderr
