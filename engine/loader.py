@@ -73,7 +73,8 @@ class _TorchItems:
 
 class _DaliSource:
     """DALI external source (non-parallel: DALI calls it once per batch, in order, on the thread
-    that runs the pipeline). Returns (inputs, mirror flags, labels), one entry per sample.
+    that runs the pipeline). Returns (inputs, mirror flags, labels), one entry per sample; the
+    label is that of the image read (with skip_bad an unreadable image is replaced, Dataset.fetch).
 
     With `readers` > 0 the batch's files are read by a pool of that many threads, and the next
     batch's reads are queued when a batch is handed over, so reading overlaps the training step
@@ -95,33 +96,35 @@ class _DaliSource:
         self._pool = (concurrent.futures.ThreadPoolExecutor(readers, thread_name_prefix="dali-read")
                       if readers else None)
         self._local = threading.local()
-        self._pending = collections.deque()  # (inputs or their futures, flips, labels), in order
+        self._pending = collections.deque()  # ((input, raw) reads or their futures, flips), in order
 
-    def _read(self, raw: int) -> np.ndarray:
-        """Raw image `raw` as DALI's input, on a reader thread, through that thread's dataset copy."""
+    def _read(self, raw: int) -> tuple[np.ndarray, int]:
+        """(DALI's input, raw index read) for raw image `raw`, on a reader thread, through that
+        thread's dataset copy."""
         dataset = getattr(self._local, "dataset", None)
         if dataset is None:
             dataset = self._local.dataset = copy.copy(self.dataset)
-        return dataset.dali_input(raw)
+        return dataset.dali_item(raw)
 
     def _queue_next(self) -> None:
         items_N = next(self.batches)
         self.recent = (self.recent + [items_N])[-8:]  # batches queued or in DALI's prefetch queue, to name a bad file
         raws = [self.dataset.raw_index(int(i)) for i in items_N]
         if self._pool is None:
-            inputs = [self.dataset.dali_input(raw) for raw, _ in raws]
+            reads = [self.dataset.dali_item(raw) for raw, _ in raws]
         else:
-            inputs = [self._pool.submit(self._read, raw) for raw, _ in raws]
-        self._pending.append((inputs, [np.array(flip, dtype=np.int32) for _, flip in raws],
-                              [np.array(self.dataset.labels[raw], dtype=np.int64) for raw, _ in raws]))
+            reads = [self._pool.submit(self._read, raw) for raw, _ in raws]
+        self._pending.append((reads, [np.array(flip, dtype=np.int32) for _, flip in raws]))
 
     def __call__(self):
         while len(self._pending) < (1 if self._pool is None else 2):  # this batch, and the next one reading
             self._queue_next()
-        inputs, flips, labels = self._pending.popleft()
+        reads, flips = self._pending.popleft()
         if self._pool is not None:
-            inputs = [future.result() for future in inputs]  # re-raises a reader's error
-        return inputs, flips, labels
+            reads = [future.result() for future in reads]  # re-raises a reader's error
+        # the label of the image actually read: with skip_bad an unreadable one is replaced (Dataset.fetch)
+        labels = [np.array(self.dataset.labels[raw], dtype=np.int64) for _, raw in reads]
+        return [data for data, _ in reads], flips, labels
 
     def close(self) -> None:
         """Drop queued reads and stop the reader threads."""

@@ -323,6 +323,8 @@ def train_stage(cfg: TrainConfig, device: torch.device, log=print) -> Progress:
             stats = {"tick": prog.cur_tick, "kimg": prog.cur_nimg / 1000, "sec_per_kimg": sec_per_kimg,
                      "img_per_sec": 1000 / sec_per_kimg, "total_sec": now - start_time, "blur_sigma": sigma_now,
                      **{f"loss_{k}": v for k, v in losses.items()}, **telemetry}
+            if getattr(st.dataset, "num_skipped_at_read", 0):  # unreadable at read time, replaced (--skip-bad)
+                stats["skipped_at_read"] = st.dataset.num_skipped_at_read
             if cfg.max_ticks is not None and prog.cur_tick >= cfg.max_ticks:
                 done = True
             snapshot = done or prog.cur_tick % cfg.snap == 0

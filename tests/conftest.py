@@ -63,3 +63,11 @@ def assert_close(actual, expected, dtype=None, scale=1.0):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _data_scan_cache(tmp_path_factory, monkeypatch):
+    """Datasets opened by tests write their scan cache (engine/datascan.py) to a temporary folder,
+    never to the home folder."""
+    if "SGXL_DATA_CACHE" not in os.environ:
+        monkeypatch.setenv("SGXL_DATA_CACHE", str(tmp_path_factory.getbasetemp() / "datascan"))

@@ -18,7 +18,8 @@ import torch
 
 from engine.data import DatasetSpec, FileDataset, open_dataset
 from engine.loader import make_loader
-from tests.engine.test_data import class_folder, encode, needs_dali, smooth_image, write_stylegan  # noqa: F401
+from tests.engine.test_data import (  # noqa: F401
+    class_folder, encode, needs_dali, scan_cache, smooth_image, write_stylegan)
 
 pytestmark = needs_dali
 
@@ -143,15 +144,17 @@ def test_zero_workers_is_valid_and_negative_is_not(dataset):
 @pytest.mark.parametrize("workers", [0, 3])
 @pytest.mark.parametrize("bad", ["truncated.png", "palette.png"])
 def test_corrupt_file_is_named(tmp_path, workers, bad):
-    """truncated.png: a plain PNG that passes the header scan and that DALI fails to decode.
-    palette.png: converted on the host (a reader thread, with workers > 0), where PIL fails."""
+    """A file damaged after the open-time scan (which would have refused it): truncated.png, a
+    plain PNG DALI would decode; palette.png, converted on the host (a reader thread, with
+    workers > 0). Both are decoded on the host once changed, where PIL fails, naming the file."""
     for k in range(5):
         (tmp_path / f"good{k}.png").write_bytes(encode(smooth_image(12, 12, k)))
     image = smooth_image(64, 64)
     data = encode(PIL.Image.fromarray(image).convert("P") if bad == "palette.png" else image)
-    (tmp_path / bad).write_bytes(data[: len(data) // 2])
+    (tmp_path / bad).write_bytes(data)
     ds = open_dataset(DatasetSpec(path=str(tmp_path), resolution=8))
-    assert len(ds) == 6 and bad in {ds.file_name(i) for i in range(6)}  # the header scan lets it through
+    assert len(ds) == 6 and bad in {ds.file_name(i) for i in range(6)}
+    (tmp_path / bad).write_bytes(data[: len(data) // 2])
     loader = make_loader(ds, batch_size=4, backend="dali", num_workers=workers)
     with pytest.raises(ValueError, match=bad.replace(".", r"\.")):
         for _ in range(3):
