@@ -48,10 +48,9 @@ class StopRequest:
     `requested` is the first signal's name (e.g. "SIGTERM") or None.
     """
 
-    def __init__(self, signals: tuple[str, ...] = DEFAULT_SIGNALS, log=print):
+    def __init__(self, signals: tuple[str, ...] = DEFAULT_SIGNALS):
         self.signals = tuple(getattr(signal, f"SIG{n}") for n in signals)
         self.requested: str | None = None
-        self.log = log
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum, frame) -> None:
@@ -81,6 +80,7 @@ class StopRequest:
             return local
         flag = torch.tensor([1.0 if local else 0.0], device=be.device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        if flag.item() and self.requested is None:
+        stop = bool(flag.item())
+        if stop and self.requested is None:
             self.requested = "another rank's signal"
-        return bool(flag.item())
+        return stop

@@ -157,9 +157,8 @@ def cfg_seed(seed: int, be) -> int:
 def metric_detectors(cfg: TrainConfig) -> dict:
     """The feature network of every requested metric, built before training starts so that an
     unknown metric or missing Inception/VGG16 weights fail now, not at the first snapshot."""
-    from engine.metrics import metric_detector
-
     from engine import errors
+    from engine.metrics import metric_detector
 
     with errors.needs_weights():
         return {name: metric_detector(name) for name in cfg.metrics}
@@ -287,7 +286,7 @@ def train_stage(cfg: TrainConfig, device: torch.device, log=print) -> Progress:
     if done:
         say(f"stage {cfg.stage} is trained to {prog.cur_nimg / 1000:g} kimg already (--kimg {cfg.kimg:g}): nothing to do; "
             f"raise --kimg to continue")
-    stop = StopRequest(cfg.stop_signals, log=say)
+    stop = StopRequest(cfg.stop_signals)
     with stop:
         while not done:
             sigma_now = cfg.blur_sigma(prog.cur_nimg)

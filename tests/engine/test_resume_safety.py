@@ -19,7 +19,7 @@ import torch
 from engine import checkpoint
 from engine.interrupt import EXIT_STOPPED, parse_signals
 from engine.loop import train_stage
-from tests.engine.test_train import BASE, ROOT, _cfg, _weights
+from tests.engine.test_train import ROOT, _cfg, _weights
 
 QUIET = dict(log=lambda *a: None)
 
@@ -119,7 +119,7 @@ def test_stale_temporaries_removed_and_permissions_usual(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     stale = tmp_path / f".latest.safetensors.tmp-{dead.pid}"
-    live = tmp_path / f".latest.safetensors.tmp-{os.getpid() if False else os.getppid()}"
+    live = tmp_path / f".latest.safetensors.tmp-{os.getppid()}"
     stale.write_bytes(b"x")
     live.write_bytes(b"x")
     assert checkpoint.remove_stale_temporaries(tmp_path) == [stale.name]
@@ -146,4 +146,3 @@ def test_stop_signal_names():
     assert parse_signals("INT, sigterm,USR1") == ("INT", "TERM", "USR1")
     with pytest.raises(ValueError, match="NOPE"):
         parse_signals("INT,NOPE")
-    assert BASE  # the shared tiny config of test_train
