@@ -56,6 +56,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-signals", default="INT,TERM,USR1", metavar="NAMES",
                    help="signals that stop the run cleanly: finish the iteration, save latest, exit 3 (re-run "
                         "to resume); a second one aborts at once (exit 130). '' keeps Python's default handlers")
+    p.add_argument("--max-bad-steps", type=int, default=8, metavar="N",
+                   help="non-finite steps are skipped and counted (skipped_G/skipped_D); N of one network in a "
+                        "row stop the run, exit 4, latest.safetensors left as the last good state (0: never stop)")
     p.add_argument("--workers", type=int, default=2,
                    help="data loading parallelism per rank: torch DataLoader worker processes, or with DALI its "
                         "CPU threads and as many threads reading files one batch ahead (0 = read in the "
@@ -86,7 +89,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         act_ckpt=args.act_ckpt, d_weights=args.d_weights, d_input=args.d_input, d_augment=bool(args.augment),
         d_backbones=tuple(b for b in args.d_backbones.split(",") if b), compile={"1": "on", "0": "off"}.get(args.compile, args.compile),
         stem=args.stem, resume=args.resume, max_ticks=args.max_ticks, workers=args.workers,
-        stop_signals=parse_signals(args.stop_signals),
+        stop_signals=parse_signals(args.stop_signals), max_bad_steps=args.max_bad_steps,
         ema_kimg=args.ema_kimg, ema_rampup=args.ema_rampup or None,
         optim=OptimConfig(g_lr=args.glr, d_lr=args.dlr),
         loss=dataclasses.replace(LossConfig(), cls_weight=args.cls_weight, reduction=args.reduction,

@@ -70,6 +70,7 @@ class TrainConfig:
     resume: str | None = None  # explicit checkpoint to copy weights from (restarts the counter)
     max_ticks: int | None = None  # stop after this many ticks (tests)
     stop_signals: tuple[str, ...] = ("INT", "TERM", "USR1")  # save latest and stop on these (engine/interrupt.py)
+    max_bad_steps: int = 8  # non-finite steps of one network in a row that stop the run; 0: never (engine/divergence.py)
     workers: int = 2  # data loading per rank: DataLoader worker processes, or DALI threads + file readers
     backend: str = "deepspeed"  # "deepspeed" (one engine per network) or "plain" (torch.optim, debugging)
     zero_stage: int | None = None  # DeepSpeed ZeRO stage of both engines; None = 2 (every stage; README: memory)
@@ -92,6 +93,8 @@ class TrainConfig:
             raise ValueError(f"backend must be 'deepspeed' or 'plain', got {self.backend!r}")
         if self.zero_stage not in (None, 0, 1, 2, 3):
             raise ValueError(f"zero_stage must be 0-3 (or None for the stage's default), got {self.zero_stage!r}")
+        if self.max_bad_steps < 0:
+            raise ValueError(f"max_bad_steps must be >= 0 (0: never stop), got {self.max_bad_steps}")
         if self.act_ckpt < 0:
             raise ValueError(f"act_ckpt must be >= 0 (an output side in pixels; 0 = off), got {self.act_ckpt}")
         if self.class_init not in ("auto", "lite0", "random"):

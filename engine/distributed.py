@@ -55,6 +55,15 @@ Decisions (ECOSYSTEM "DeepSpeed with a GAN"):
 - Sanitizing (SPEC 5.1): plain sanitizes the reduced flat gradient (NaN->0, +-inf->+-1e5) as the
   original; DeepSpeed reduces inside its hooks, so a tensor hook sanitizes each micro-batch
   gradient before it is accumulated (the same for finite gradients).
+- Non-finite steps (engine/divergence.py): where the original applies the sanitized gradient, a
+  step whose loss or raw gradient held a NaN or an inf on any rank is skipped instead, decided on
+  the device with no host sync: a 0-d flag per phase (`isfinite` of every loss in backward(); of
+  every gradient in step() for plain, in the same tensor hook for DeepSpeed), MAX-reduced over
+  the ranks, is handed to fused torch Adam as `found_inf`, which leaves parameters, moments and
+  the step count untouched when it is set (the mechanism torch.amp.GradScaler uses). Adam is
+  therefore `fused=True` in both backends (one kernel for all parameters on a GPU). Counters:
+  `skipped[net]` (this run's skipped steps) and `bad_run[net]` (non-finite steps in a row), both
+  device tensors read by the loop once per tick / every few iterations.
 - EMA under ZeRO-3: each rank lerps only its own partition (`param.ds_tensor`) of each G
   parameter, with no communication per step; reading the EMA all-gathers once (snapshots only).
 - Checkpoints: `state_dicts()` gives full, name-keyed tensors with one layout for both backends,
@@ -66,6 +75,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import os
 import socket
 
@@ -188,6 +198,10 @@ class Backend:
         self.trainable: dict[str, list[nn.Parameter]] = {}
         self._ema: list[torch.Tensor] = []  # this rank's piece (`_local`) of every G parameter
         self._ema_template: nn.Module | None = None  # G's structure on the meta device
+        zero = lambda: torch.zeros((), device=self.device)  # noqa: E731
+        self._nonfinite = {n: zero() for n in NETS}  # this phase saw a NaN/inf loss or gradient (0. or 1.)
+        self.skipped = {n: zero() for n in NETS}  # steps skipped as non-finite, this process's run
+        self.bad_run = {n: zero() for n in NETS}  # non-finite steps in a row, up to the last step
 
     def setup(self, G: nn.Module, D: nn.Module, optim_cfg, *, compile: bool = False) -> None:
         """Take over G and D; requires_grad must mark exactly what trains (begin() restores that
@@ -224,6 +238,21 @@ class Backend:
                 p.requires_grad_(n == net)
         self.phase = net
         self.zero_grad(net)
+        self._nonfinite[net].zero_()
+
+    def _flag_nonfinite(self, net: str, t: torch.Tensor) -> None:
+        """Mark `net`'s phase non-finite when `t` holds a NaN or an inf (on the device, no sync)."""
+        torch.maximum(self._nonfinite[net], (~torch.isfinite(t.detach()).all()).float(), out=self._nonfinite[net])
+
+    def _found_inf(self, net: str) -> torch.Tensor:
+        """The phase's non-finite flag agreed over the ranks (MAX), for Adam's `found_inf`, and the
+        counters updated; every rank calls it once per step."""
+        flag = self._nonfinite[net]
+        if self.world_size > 1:
+            tdist.all_reduce(flag, op=tdist.ReduceOp.MAX)
+        self.skipped[net] += flag
+        self.bad_run[net].add_(flag).mul_(flag)  # +1 while non-finite, back to 0 at a good step
+        return flag
 
     @contextlib.contextmanager
     def _all_trainable(self):
@@ -369,7 +398,7 @@ class PlainBackend(Backend):
             with torch.no_grad():
                 for t in [*G.parameters(), *G.buffers(), *D.parameters(), *D.buffers()]:
                     tdist.broadcast(t.data, src=0)
-        self.optimizers = {n: torch.optim.Adam(self.trainable[n], **optim_cfg.adam(n)) for n in NETS}
+        self.optimizers = {n: torch.optim.Adam(self.trainable[n], **optim_cfg.adam(n), fused=True) for n in NETS}
         for opt in self.optimizers.values():
             init_adam_state(opt)
         self.init_ema()
@@ -380,11 +409,14 @@ class PlainBackend(Backend):
         self.optimizers[net].zero_grad(set_to_none=True)
 
     def backward(self, net: str, loss: torch.Tensor) -> None:
+        self._flag_nonfinite(net, loss)
         loss.backward()
 
     @torch.no_grad()
     def step(self, net: str) -> None:
         params = [p for p in self.trainable[net] if p.grad is not None]
+        if params:  # the largest |gradient| of each tensor: NaN or inf exactly when one element is
+            self._flag_nonfinite(net, torch.stack(torch._foreach_norm([p.grad for p in params], float("inf"))))
         if params and self.world_size > 1:
             flat = torch.cat([p.grad.flatten() for p in params])
             tdist.all_reduce(flat)
@@ -393,7 +425,9 @@ class PlainBackend(Backend):
                 p.grad.copy_(g.view_as(p.grad))
         if self.sanitize:
             sanitize_([p.grad for p in params])
-        self.optimizers[net].step()
+        opt = self.optimizers[net]
+        opt.found_inf = self._found_inf(net)  # fused Adam skips the whole update when it is 1
+        opt.step()
         self.zero_grad(net)
 
     def optimizer_state_dict(self, net: str) -> dict[str, torch.Tensor]:
@@ -444,7 +478,7 @@ class DeepSpeedBackend(Backend):
             "managed_gradient_accumulation": False,  # backward() accumulates, step() is the boundary
             "optimizer": {"type": "Adam", "params": {
                 "lr": float(adam["lr"]), "betas": [float(b) for b in adam["betas"]], "eps": float(adam["eps"]),
-                "weight_decay": 0.0, "torch_adam": True, "adam_w_mode": False}},
+                "weight_decay": 0.0, "torch_adam": True, "adam_w_mode": False, "fused": True}},
             # With caller-owned accumulation DeepSpeed allows overlap_comm at ZeRO-2 only.
             "zero_optimization": {"stage": stage, "overlap_comm": stage == 2},
             "gradient_clipping": 0.0,
@@ -470,9 +504,9 @@ class DeepSpeedBackend(Backend):
             _forget_deepspeed_groups()
         self.rank, self.world_size = tdist.get_rank(), tdist.get_world_size()
         self._record(G, D)
-        if self.sanitize:  # before ZeRO's own gradient hooks, on every micro-batch
-            for p in self.trainable["G"] + self.trainable["D"]:
-                p.register_hook(_sanitized)
+        for net in NETS:  # before ZeRO's own gradient hooks, on every micro-batch
+            for p in self.trainable[net]:
+                p.register_hook(functools.partial(self._grad_hook, net))
         blocks = {}
         for net in NETS:
             zero3 = self.stages[net] == 3
@@ -505,10 +539,17 @@ class DeepSpeedBackend(Backend):
         engine = self.engines[net]
         (engine.optimizer.zero_grad if self.stages[net] else engine.zero_grad)()
 
+    def _grad_hook(self, net: str, grad: torch.Tensor) -> torch.Tensor:
+        self._flag_nonfinite(net, grad)
+        return _sanitized(grad) if self.sanitize else grad
+
     def backward(self, net: str, loss: torch.Tensor) -> None:
+        self._flag_nonfinite(net, loss)
         self.engines[net].backward(loss, scale_wrt_gas=False)
 
     def step(self, net: str) -> None:
+        # The wrapped ZeRO optimizers call this torch Adam on their fp32 partitions.
+        self.engines[net].basic_optimizer.found_inf = self._found_inf(net)
         self.engines[net].step()
 
     def _local(self, p: nn.Parameter) -> torch.Tensor:

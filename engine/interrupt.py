@@ -7,9 +7,12 @@ process exits with EXIT_STOPPED after one line saying where to resume. A second 
 once (KeyboardInterrupt; engine/train.py exits EXIT_ABORTED): the checkpoint on disk is whatever
 the last completed snapshot wrote, never a half-written file (engine/checkpoint.py).
 
-With several ranks, each rank's request is combined at every iteration (`StopRequest.agreed`,
-one all-reduce of one number): every rank stops after the same iteration, so the saved state is
-consistent even when the launcher signals the ranks at slightly different times.
+With several ranks, the ranks' requests are combined every AGREE_EVERY iterations and at every
+tick's end (`StopRequest.agreed`, one all-reduce of one number and one host read, which is why
+it is not every iteration): every rank stops after the same iteration, so the saved state is
+consistent even when the launcher signals the ranks at slightly different times. A stop that
+falls on a tick's last iteration completes that tick (status line, stats) before saving, so a
+resumed run keeps the same tick boundaries.
 
 Which signals stop a run: `--stop-signals` (default INT,TERM,USR1; an empty value leaves every
 handler as Python sets it).
@@ -26,6 +29,7 @@ import torch
 EXIT_STOPPED = 3  # stopped on a signal after saving latest: re-run the same command to resume
 EXIT_ABORTED = 130  # a second signal: stopped at once, nothing saved since the last snapshot
 DEFAULT_SIGNALS = ("INT", "TERM", "USR1")
+AGREE_EVERY = 8  # iterations between the ranks' agreements on a stop (and the divergence check)
 
 
 class Stopped(Exception):
@@ -74,7 +78,8 @@ class StopRequest:
         self._previous.clear()
 
     def agreed(self, be) -> bool:
-        """Whether any rank was asked to stop (collective with several ranks: every rank calls it)."""
+        """Whether any rank was asked to stop (collective with several ranks: every rank calls it
+        at the same iterations)."""
         local = self.requested is not None
         if be.world_size == 1:
             return local

@@ -32,7 +32,9 @@ from engine.compile import compile_enabled
 from engine.config import TrainConfig, to_dict
 from engine.samples import save_grid
 from engine.stages import build_stage, stage_dir
-from engine.interrupt import StopRequest, Stopped
+from engine import divergence
+from engine.divergence import Diverged, read_counters
+from engine.interrupt import AGREE_EVERY, StopRequest, Stopped
 from engine.stats import StatsWriter
 from engine.step import PathLength, PhaseLosses, train_iteration
 from engine.telemetry import Telemetry
@@ -48,6 +50,8 @@ class Progress:
     pl_mean: float = 0.0  # running path-length mean (stem; rank 0's)
     best_metric: float | None = None
     tick_start_nimg: int | None = None  # where the current tick began (a stop can fall mid-tick); None: cur_nimg
+    skipped_G: int = 0  # G steps skipped as non-finite this stage (engine/divergence.py)
+    skipped_D: int = 0
 
 
 def make_backend(cfg: TrainConfig, device: torch.device, path_length_active: bool):
@@ -287,6 +291,17 @@ def train_stage(cfg: TrainConfig, device: torch.device, log=print) -> Progress:
         say(f"stage {cfg.stage} is trained to {prog.cur_nimg / 1000:g} kimg already (--kimg {cfg.kimg:g}): nothing to do; "
             f"raise --kimg to continue")
     stop = StopRequest(cfg.stop_signals)
+    skipped_base = {n: getattr(prog, f"skipped_{n}") for n in ("G", "D")}  # from earlier runs of this stage
+    saved_kimg = prog.cur_nimg / 1000 if resume_from else None  # where latest's good state is
+    diverged = stopping = None
+
+    def note_counters() -> dict[str, int]:
+        """The backend's skip counters on the host (one read), carried into prog."""
+        c = read_counters(be)
+        for n in ("G", "D"):
+            setattr(prog, f"skipped_{n}", skipped_base[n] + c[f"skipped_{n}"])
+        return c
+
     with stop:
         while not done:
             sigma_now = cfg.blur_sigma(prog.cur_nimg)
@@ -302,12 +317,26 @@ def train_stage(cfg: TrainConfig, device: torch.device, log=print) -> Progress:
             prog.cur_nimg += cfg.batch
             prog.batch_idx += 1
             status.update(prog.cur_nimg)
-            if stop.agreed(be):  # every rank stops after this same iteration and saves it
-                prog.pl_mean = float(pl.mean)
-                save_checkpoint([latest], be, st, prog, cfg, device)
-                break
             done = prog.cur_nimg >= total_nimg
-            if not done and prog.cur_nimg < prog.tick_start_nimg + cfg.tick * 1000:
+            tick_end = done or prog.cur_nimg >= prog.tick_start_nimg + cfg.tick * 1000
+            # Every AGREE_EVERY iterations and at every tick's end, on every rank alike: the stop
+            # request (agreed over the ranks) and the non-finite-step counters (the same on every rank).
+            if tick_end or prog.batch_idx % AGREE_EVERY == 0:
+                stopping = stop.agreed(be)
+                if cfg.max_bad_steps > 0:
+                    counters = note_counters()
+                    try:
+                        divergence.check(counters, cfg.max_bad_steps, kimg=prog.cur_nimg / 1000, latest=latest,
+                                         saved_kimg=saved_kimg)
+                    except Diverged as e:
+                        diverged = e
+                        break
+                if stopping and not tick_end:  # mid-tick: save this iteration's state as it is
+                    prog.pl_mean = float(pl.mean)
+                    note_counters()
+                    save_checkpoint([latest], be, st, prog, cfg, device)
+                    break
+            if not tick_end:
                 continue
 
             # Tick: status line, stats, and every `snap` ticks a sample grid, the metrics and a checkpoint.
@@ -324,6 +353,9 @@ def train_stage(cfg: TrainConfig, device: torch.device, log=print) -> Progress:
                      **{f"loss_{k}": v for k, v in losses.items()}, **telemetry}
             if getattr(st.dataset, "num_skipped_at_read", 0):  # unreadable at read time, replaced (--skip-bad)
                 stats["skipped_at_read"] = st.dataset.num_skipped_at_read
+            note_counters()
+            if prog.skipped_G or prog.skipped_D:  # non-finite steps not applied (engine/divergence.py)
+                stats.update(skipped_G=prog.skipped_G, skipped_D=prog.skipped_D)
             if cfg.max_ticks is not None and prog.cur_tick >= cfg.max_ticks:
                 done = True
             snapshot = done or prog.cur_tick % cfg.snap == 0
@@ -357,11 +389,18 @@ def train_stage(cfg: TrainConfig, device: torch.device, log=print) -> Progress:
                 if is_best or not cfg.metrics:  # without metrics, the latest snapshot is also the best
                     paths.append(out / "best.safetensors")
                 save_checkpoint(paths, be, st, prog, cfg, device)
+                saved_kimg = prog.cur_nimg / 1000
+            if stopping:  # the stop fell on this tick's last iteration: the tick is complete, save it
+                if not snapshot:
+                    save_checkpoint([latest], be, st, prog, cfg, device)
+                break
     if main:
         stats_out.close()
     status.close()
     st.loader.close()
     be.close()
+    if diverged is not None:
+        raise diverged
     if stop.requested:
         raise Stopped(f"stopped by {stop.requested} at {prog.cur_nimg / 1000:g} kimg; saved {latest}; "
                       f"re-run the same command to resume")

@@ -114,7 +114,8 @@ def train_iteration(be, reals: Sequence[tuple[torch.Tensor, torch.Tensor | None]
             for r in range(len(sizes)):
                 z, c = draw("pl", r, pl.batch)
                 penalty, mean = path_length_penalty(G.synthesis, G.mapping(z, c), pl.mean, pl.decay)
-                pl.mean = mean.detach()
+                # A non-finite penalty skips the step (engine/divergence.py) and must not poison the mean.
+                pl.mean = torch.where(torch.isfinite(mean), mean, pl.mean).detach()
                 be.backward("G", penalty.mean() * (pl.weight * loss_scale))
                 if losses is not None:
                     losses.add("pl", penalty.mean())

@@ -51,6 +51,7 @@ def main(argv=None) -> int:
             g = build_generator(cfg.preset, cfg.stage, 1000 if cfg.cond else 0)
         print(json.dumps({"train": to_dict(cfg), "generator": g.layer_specs()}, indent=2))
         return 0
+    from engine.divergence import EXIT_DIVERGED, Diverged
     from engine.interrupt import EXIT_ABORTED, EXIT_STOPPED, Stopped
     from engine.loop import train_stage
 
@@ -60,6 +61,9 @@ def main(argv=None) -> int:
     except Stopped as e:
         print(str(e), file=sys.stderr)
         return EXIT_STOPPED
+    except Diverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
     except KeyboardInterrupt:
         print("aborted: nothing saved since the last snapshot (latest.safetensors on disk is intact); re-run the "
               "same command to resume from it", file=sys.stderr)

@@ -30,6 +30,7 @@ import pytest
 import torch
 import torch.distributed as tdist
 
+from engine.divergence import read_counters
 from engine.distributed import DeepSpeedBackend, PlainBackend, free_port, launch_env, sanitize_
 from tests.engine import ds_steps
 
@@ -158,36 +159,73 @@ def test_conditional_discriminator_under_autocast(setup):
     assert out.shape[0] == 2 and torch.isfinite(out.float()).all()
 
 
-def _nan_step(be) -> torch.Tensor:
-    """One G step of a linear 'G' whose weight gradient (its input) holds NaN, +inf, -inf and 2."""
+NAN_INPUT = [[float("nan"), float("inf"), -float("inf"), 2.0]]  # the weight gradient of a linear "G" is its input
+
+
+def _steps(be, inputs: list[list[list[float]]], net: str = "G") -> tuple[list[dict], dict]:
+    """One `net` step per input of a linear G (4 -> 1) and D (1 -> 1): the state after each
+    step and the skip counters at the end. A nan in an input's last place makes the loss NaN
+    with finite gradients (a NaN constant added)."""
     torch.manual_seed(0)
     G, D = torch.nn.Linear(4, 1, bias=False), torch.nn.Linear(1, 1)
-    w0 = G.weight.detach().clone()
     be.setup(G, D, ds_steps.OPTIM)
-    be.begin("G")
-    be.backward("G", be.forward("G", torch.tensor([[float("nan"), float("inf"), -float("inf"), 2.0]])).sum())
-    be.step("G")
-    out = be.state_dicts()
+    states = [be.state_dicts()]
+    for x in inputs:
+        be.begin(net)
+        x = torch.tensor(x)
+        if net == "G":
+            loss = be.forward("G", x).sum()
+        else:
+            loss = be.forward("D", x[:, :1]).sum() + 0 * x[:, 1:].sum()
+        be.backward(net, loss)
+        be.step(net)
+        states.append(be.state_dicts())
+    counters = read_counters(be)
     be.close()
-    return out["G"]["weight"] - w0
+    return states, counters
 
 
-def test_plain_sanitizes_gradients():
-    """NaN -> 0 (no move), +-inf -> +-1e5 and finite grads step normally (SPEC 5.1)."""
-    delta = _nan_step(PlainBackend())
-    lr = ds_steps.OPTIM.adam("G")["lr"]
-    assert torch.isfinite(delta).all() and delta[0, 0] == 0
-    eps = ds_steps.OPTIM.eps  # Adam's first step: lr * g / (|g| + eps)
-    torch.testing.assert_close(delta[0, 1:], -lr * torch.tensor([1e5 / (1e5 + eps), -1e5 / (1e5 + eps), 2 / (2 + eps)]))
+def test_plain_skips_nonfinite_steps():
+    """A step whose gradient holds NaN or inf changes nothing (weights, Adam moments, step count)
+    and is counted; two in a row count 2 in a row; the next finite step is Adam's first step
+    (lr * g / (|g| + eps), SPEC 5.1's sanitizing would have moved the weights instead)."""
+    good = [[1.0, -2.0, 3.0, 0.5]]
+    states, counters = _steps(PlainBackend(), [NAN_INPUT, NAN_INPUT, good])
+    for s in states[1:3]:
+        for part in ("G", "opt_G"):
+            assert all(torch.equal(s[part][k], states[0][part][k]) for k in states[0][part]), part
+    assert float(states[2]["opt_G"]["step"]) == 0
+    lr, eps = ds_steps.OPTIM.adam("G")["lr"], ds_steps.OPTIM.eps
+    g = torch.tensor(good)
+    torch.testing.assert_close(states[3]["G"]["weight"] - states[0]["G"]["weight"], -lr * g / (g.abs() + eps))
+    assert float(states[3]["opt_G"]["step"]) == 1
+    assert counters == {"skipped_G": 2, "skipped_D": 0, "bad_run_G": 0, "bad_run_D": 0}
+    _, counters = _steps(PlainBackend(), [good, NAN_INPUT, NAN_INPUT])
+    assert counters["bad_run_G"] == 2 and counters["skipped_G"] == 2
     g = [torch.tensor([float("nan"), float("inf"), -float("inf"), 3.0])]
     sanitize_(g)
     assert g[0].tolist() == [0.0, 1e5, -1e5, 3.0]
 
 
+def test_plain_skips_a_nonfinite_loss_with_finite_gradients():
+    states, counters = _steps(PlainBackend(), [[[0.5, float("nan")]], [[0.5, 1.0]]], net="D")
+    assert all(torch.equal(states[1]["D"][k], states[0]["D"][k]) for k in states[0]["D"])
+    assert not torch.equal(states[2]["D"]["weight"], states[0]["D"]["weight"])
+    assert counters["skipped_D"] == 1 and counters["bad_run_D"] == 0 and counters["skipped_G"] == 0
+
+
 @needs_ds
-@pytest.mark.parametrize("stage", [0, 2, 3])
-def test_deepspeed_sanitizes_gradients(stage, ds_world):
-    torch.testing.assert_close(_nan_step(DeepSpeedBackend(zero_stage=stage)), _nan_step(PlainBackend()))
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_deepspeed_skips_nonfinite_steps(stage, ds_world):
+    """The same skips through DeepSpeed's engines (ZeRO's wrapped optimizers call fused Adam)."""
+    inputs = [NAN_INPUT, [[1.0, -2.0, 3.0, 0.5]], NAN_INPUT]
+    got, got_counters = _steps(DeepSpeedBackend(zero_stage=stage), inputs)
+    want, want_counters = _steps(PlainBackend(), inputs)
+    assert got_counters == want_counters == {"skipped_G": 2, "skipped_D": 0, "bad_run_G": 1, "bad_run_D": 0}
+    for g, w in zip(got, want):
+        for part in ("G", "opt_G"):
+            for k in w[part]:
+                torch.testing.assert_close(g[part][k], w[part][k], msg=f"{part}.{k}")
 
 
 def test_launch_env(monkeypatch):

@@ -30,11 +30,13 @@ from __future__ import annotations
 
 import torch
 
-from engine import metrics
+from engine import checkpoint, metrics
 from engine.config import LossConfig, OptimConfig, TrainConfig
 from engine.data import DatasetSpec
 from engine.export import load_generator
 from engine.loop import train_stage
+from engine.stages import build_stage
+from engine.step import onehot
 from model.generator import build_generator
 
 LEARN = dict(preset="tiny", batch=4, batch_gpu=4, kimg=1.25, tick=1.25, snap=1, d_backbones=("tf_efficientnet_lite0",),
@@ -48,6 +50,28 @@ def _judge(G, tmp_path) -> dict[str, float]:
         out |= metrics.compute_metric(name, G, spec, num_gen=NUM_GEN, cache_dir=tmp_path / "cache", progress=False,
                                       shared=shared)
     return out
+
+
+@torch.no_grad()
+def d_label_gap(cfg: TrainConfig, ckpt, n: int = 512) -> float:
+    """How much D's logits on real images prefer their own label: mean logit with the true label
+    minus with another class's (shifted by a random 1..C-1), over n real images in D's training
+    mode and batch (batch statistics, as D sees them in training). About 0 for a D that ignores
+    its labels."""
+    st = build_stage(cfg, torch.device("cpu"), log=lambda *a: None)
+    st.loader.close()
+    parts, _ = checkpoint.load(ckpt)
+    st.D.load_state_dict(parts["D"])
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.randperm(len(st.dataset), generator=gen)[:n].tolist()
+    gaps = []
+    for i in range(0, n, cfg.batch_gpu):
+        items = [st.dataset.get(j) for j in idx[i:i + cfg.batch_gpu]]
+        img = torch.stack([torch.from_numpy(a) for a, _ in items]).float() / 127.5 - 1
+        c = torch.tensor([label for _, label in items])
+        other = (c + torch.randint(1, st.c_dim, c.shape, generator=gen)) % st.c_dim
+        gaps.append(st.D(img, onehot(c, st.c_dim)).mean(1) - st.D(img, onehot(other, st.c_dim)).mean(1))
+    return torch.cat(gaps).mean().item()
 
 
 def test_training_learns(tmp_path):

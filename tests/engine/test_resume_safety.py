@@ -146,3 +146,34 @@ def test_stop_signal_names():
     assert parse_signals("INT, sigterm,USR1") == ("INT", "TERM", "USR1")
     with pytest.raises(ValueError, match="NOPE"):
         parse_signals("INT,NOPE")
+
+
+@pytest.mark.parametrize("at", [3, 4])
+def test_stop_mid_tick_or_at_a_tick_end_resumes_on_the_same_ticks(tmp_path, monkeypatch, at):
+    """A SIGTERM during iteration `at` (2 iterations per tick: 3 is mid-tick, 4 ends tick 2) stops
+    after it; the resumed run ends its ticks on the same images as an uninterrupted one, writes one
+    row per tick and ends bit-exactly on the same weights. (Before the fix, a stop on a tick's last
+    iteration saved the old tick start, and every later tick ended one iteration late.)"""
+    import engine.loop as loop
+
+    real, calls = loop.train_iteration, [0]
+
+    def train_iteration(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == at:
+            os.kill(os.getpid(), signal.SIGTERM)  # the loop's handler: stop after this iteration
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "AGREE_EVERY", 1)  # look at the request after every iteration
+    monkeypatch.setattr(loop, "train_iteration", train_iteration)
+    with pytest.raises(loop.Stopped, match="stopped by SIGTERM"):
+        train_stage(_cfg(tmp_path / "s", max_ticks=5, snap=100, backend="plain"), torch.device("cpu"), **QUIET)
+    assert checkpoint.load(tmp_path / "s/stage16/latest.safetensors")[1]["progress"]["cur_nimg"] == 4 * at
+    monkeypatch.setattr(loop, "train_iteration", real)
+    train_stage(_cfg(tmp_path / "s", max_ticks=5, snap=100, backend="plain"), torch.device("cpu"), **QUIET)
+    train_stage(_cfg(tmp_path / "ref", max_ticks=5, snap=100, backend="plain"), torch.device("cpu"), **QUIET)
+    rows = {run: [(r["tick"], r["kimg"]) for r in map(json.loads, (tmp_path / run / "stage16/stats.jsonl")
+                                                     .read_text().splitlines())] for run in ("s", "ref")}
+    assert rows["s"] == rows["ref"] == [(t, t * 8 / 1000) for t in range(1, 6)]
+    a, b = _weights(tmp_path / "ref/stage16/latest.safetensors"), _weights(tmp_path / "s/stage16/latest.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -112,3 +112,28 @@ def test_onehot():
     assert torch.equal(onehot(c, 3), torch.tensor([[0.0, 0, 1], [1, 0, 0]]))
     f = torch.rand(2, 3)
     assert onehot(f, 3) is f and onehot(None, 3) is None
+
+
+def test_every_forward_gets_the_labels_it_belongs_to():
+    """Class conditioning is wired through: G generates each chunk with the labels drawn for it, D
+    scores those fakes with the same labels (one-hot) and the reals with their own. A G that
+    trains against mismatched labels still lowers FID and learns some class signal from D, so
+    the learning test alone cannot see this (measured: tests/engine/test_learning.py)."""
+    be, split = _setup()
+    reals, draw = _draws(5, n=2)
+    calls, forward = [], be.forward
+
+    def recording(net, *args, **kwargs):
+        calls.append((net, args[1].clone()))
+        return forward(net, *args, **kwargs)
+
+    be.forward = recording
+    train_iteration(be, reals, draw, split=split, c_dim=ds_steps.C_DIM, ema_beta=0.5)
+    c_of = {ph: draw(ph, 0, 2)[1] for ph in ("G", "D")}
+    oh = lambda c: onehot(c, ds_steps.C_DIM)  # noqa: E731
+    assert [n for n, _ in calls] == ["G", "D", "G", "D", "D"]
+    (_, g_c), (_, d_c), (_, g2_c), (_, fake_c), (_, real_c) = calls
+    assert torch.equal(g_c, c_of["G"]) and torch.equal(d_c, oh(c_of["G"]))  # G phase: G(z, c) then D(img, c)
+    assert torch.equal(g2_c, c_of["D"]) and torch.equal(fake_c, oh(c_of["D"]))  # D phase: fakes with their labels
+    assert torch.equal(real_c, oh(reals[0][1]))  # reals with their own
+    assert not torch.equal(c_of["G"], c_of["D"])  # the seed draws different labels per phase: the test can tell
