@@ -32,8 +32,9 @@ Decisions (ECOSYSTEM "DeepSpeed with a GAN"):
   accumulates, step() reduces and updates), gradient_accumulation_steps 1 and
   `scale_wrt_gas=False`: micro-batch gradients are summed as in plain PyTorch at every ZeRO stage
   (with the default, ZeRO-1/2 keep only the last backward). Needs deepspeed >= 0.19.
-- Optimizer: config "Adam" with `torch_adam: true, adam_w_mode: false`, i.e. torch.optim.Adam (no
-  CUDA JIT op; runs on CPU), float betas from OptimConfig.adam(), no weight decay.
+- Optimizer: config "Adam" with `torch_adam: true, adam_w_mode: false, fused: true`, i.e. fused
+  torch.optim.Adam (no CUDA JIT op; runs on CPU; `found_inf` skips, below), float betas from
+  OptimConfig.adam(), no weight decay.
 - Precision per network: "fp32" (default; CPU and the original) or "autocast_bf16" (DeepSpeed
   `torch_autocast` plus torch.autocast around forward: parameters, master weights and Adam stay
   fp32, frozen feature networks keep fp32 weights; the choice for D on GPUs once the conditional

@@ -394,6 +394,8 @@ def train_stage(cfg: TrainConfig, device: torch.device, log=print) -> Progress:
                 if not snapshot:
                     save_checkpoint([latest], be, st, prog, cfg, device)
                 break
+    if stop.requested and world > 1:  # rank 0 may still be writing latest: no rank exits before it is done
+        tdist.barrier()  # (the DeepSpeed launcher kills every rank once one exits non-zero)
     if main:
         stats_out.close()
     status.close()

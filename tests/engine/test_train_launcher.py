@@ -117,3 +117,67 @@ def test_two_ranks_zero3_grown_stage(two_rank_stem):
     stem, _ = checkpoint.load(run / "stage16/best.safetensors")
     kept = [k for k in parts["G"] if k.startswith("synthesis.layers.L0_")]
     assert kept and all(torch.equal(parts["G"][k], stem["G_ema"][k]) for k in kept)  # carried layers stay frozen
+
+
+def _rank_pid(outdir: Path, rank: int, timeout: float = 300) -> int:
+    """The PID of the training process of `rank` started for `outdir` (read from /proc)."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for proc in Path("/proc").iterdir():
+            try:
+                cmd = (proc / "cmdline").read_bytes().split(b"\0")
+                env = (proc / "environ").read_bytes().split(b"\0")
+            except (OSError, ValueError):
+                continue
+            if any(c.endswith(b"engine/train.py") for c in cmd) and str(outdir).encode() in cmd \
+                    and f"RANK={rank}".encode() in env:
+                return int(proc.name)
+        time.sleep(0.2)
+    pytest.fail(f"no rank {rank} process for {outdir}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc to find a rank's process")
+def test_sigterm_to_one_rank_stops_both_after_the_same_iteration(tmp_path):
+    """SIGTERM to rank 1 only (a scheduler signalling one process): both ranks agree, stop after
+    the same iteration, latest is written once with equal digests, and re-running the command
+    ends bit-exactly where an uninterrupted 2-rank run ends."""
+    import time
+
+    args = ("--stage", "16", "--max-ticks", "12", "--snap", "100", "--zero-stage", "2")
+    out = tmp_path / "s"
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    env.update(DS_ACCELERATOR="cpu", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
+           str(REPO / "engine/train.py"), "--outdir", str(out), "--batch", "4", "--batch-gpu", "2", "--tick", "0.008",
+           "--kimg", "1", "--d-backbones", "tf_efficientnet_lite0", "--d-weights", "random", "--compile", "0",
+           "--workers", "0", "--seed", "5", "--metrics", "", *args]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        pid = _rank_pid(out, 1)
+        stats = out / "stage16/stats.jsonl"
+        deadline = time.time() + TIMEOUT_S
+        while time.time() < deadline and proc.poll() is None and not (stats.exists() and stats.read_text().strip()):
+            time.sleep(0.1)
+        os.kill(pid, signal.SIGTERM)
+        log, _ = proc.communicate(timeout=TIMEOUT_S)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    assert proc.returncode != 0 and "Traceback" not in log, log[-6000:]
+    import re
+
+    stops = re.findall(r"stopped by (SIGTERM|another rank's signal) at ([\d.]+) kimg", log)
+    assert sorted(s for s, _ in stops) == ["SIGTERM", "another rank's signal"], log[-6000:]
+    assert len({k for _, k in stops}) == 1  # the same iteration on both ranks
+    meta = _meta(out / "stage16/latest.safetensors")
+    assert meta["progress"]["cur_nimg"] == round(float(stops[0][1]) * 1000) < 96
+    assert len(meta["rank_digests"]) == 2 and len(set(meta["rank_digests"])) == 1
+    _train(2, out, *args)  # resume to the end
+    _train(2, tmp_path / "ref", *args)
+    a, _ = checkpoint.load(out / "stage16/latest.safetensors")
+    b, _ = checkpoint.load(tmp_path / "ref/stage16/latest.safetensors")
+    for part in ("G", "D", "G_ema", "opt_G", "opt_D"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in b[part]), part
