@@ -177,3 +177,53 @@ def test_stop_mid_tick_or_at_a_tick_end_resumes_on_the_same_ticks(tmp_path, monk
     assert rows["s"] == rows["ref"] == [(t, t * 8 / 1000) for t in range(1, 6)]
     a, b = _weights(tmp_path / "ref/stage16/latest.safetensors"), _weights(tmp_path / "s/stage16/latest.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+HANG_IN_SECOND_WRITE = """
+import os, runpy, sys, time
+import engine.checkpoint as c
+real, count = os.replace, [0]
+def replace(src, dst):
+    if str(dst).endswith("latest.safetensors"):
+        count[0] += 1
+        if count[0] == 2:  # the second snapshot: its temporary file is complete, latest not yet replaced
+            open(os.environ["HANG_MARKER"], "w").close()
+            time.sleep(3600)
+    return real(src, dst)
+c.os = type(sys)("os_hooked"); c.os.__dict__.update(os.__dict__); c.os.replace = replace
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_killed_during_checkpoint_write_resumes_from_the_previous_one(tmp_path):
+    """SIGKILL while the second snapshot is being written (its temporary file complete, not yet
+    renamed): latest is still the first snapshot, intact; the re-run removes the temporary file,
+    says so, resumes from tick 1, writes no duplicate stats row and ends bit-exactly like an
+    uninterrupted run."""
+    out = tmp_path / "k"
+    marker = tmp_path / "hanging"
+    args = _args(out, 3)
+    args[args.index("--snap") + 1] = "1"
+    env = _env() | {"HANG_MARKER": str(marker)}
+    proc = subprocess.Popen([sys.executable, "-c", HANG_IN_SECOND_WRITE, *args[1:]], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None and not marker.exists():
+        time.sleep(0.1)
+    proc.kill()
+    log, _ = proc.communicate()
+    assert marker.exists(), log[-3000:]
+    stage = out / "stage16"
+    temporaries = list(stage.glob(".latest.safetensors.tmp-*"))
+    assert temporaries and checkpoint.verify(stage / "latest.safetensors")["progress"]["cur_tick"] == 1
+    rerun = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "removed 1 temporary file" in rerun.stdout + rerun.stderr
+    assert not list(stage.glob(".*.tmp-*"))
+    ticks = [json.loads(line)["tick"] for line in (stage / "stats.jsonl").read_text().splitlines()]
+    assert ticks == [1, 2, 3]
+    ref = tmp_path / "ref"
+    train_stage(_cfg(ref, max_ticks=3, snap=1, backend="plain"), torch.device("cpu"), **QUIET)
+    a, b = _weights(ref / "stage16/latest.safetensors"), _weights(stage / "latest.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
