@@ -20,9 +20,9 @@ directly. (With foreach Adam, before the step skip of engine/divergence.py, seed
 ones passing: short runs move a lot with the floating-point path.)
 
 Breakages applied by hand (seed 3, 1 thread, this setup; shapes_fid / shapes_acc / label gap):
-    G's loss sign flipped (engine/step.py g_loss)       74.8 / 0.109           fails (fid, acc)
-    D's loss sign flipped (d_loss)                       58.0 / 0.178           fails (fid)
-    D's optimizer step skipped                           25.0 / 0.123           fails (fid, acc)
+    G's loss sign flipped (engine/step.py g_loss)       74.8 / 0.109 / 0.048   fails (all three)
+    D's loss sign flipped (d_loss)                       58.0 / 0.178 / -2.69   fails (fid, gap)
+    D's optimizer step skipped                           25.0 / 0.123 / -0.021  fails (all three)
     D's labels drawn at random                           14.6 / 0.164 / -0.00004  fails (gap)
     G's labels permuted against D's (every G forward)    15.2 / 0.167 / 1.04    passes: G still learns
         class-typical images from D's conditional signal this early; test_step.py
