@@ -403,7 +403,7 @@ def train_stage(cfg: TrainConfig, device: torch.device, log=print) -> Progress:
     be.close()
     if diverged is not None:
         raise diverged
-    if stop.requested:
+    if stop.requested and not done:  # (a stop on the very last iteration is a finished run)
         raise Stopped(f"stopped by {stop.requested} at {prog.cur_nimg / 1000:g} kimg; saved {latest}; "
                       f"re-run the same command to resume")
     if main and ran:
