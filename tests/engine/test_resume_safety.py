@@ -227,3 +227,19 @@ def test_killed_during_checkpoint_write_resumes_from_the_previous_one(tmp_path):
     train_stage(_cfg(ref, max_ticks=3, snap=1, backend="plain"), torch.device("cpu"), **QUIET)
     a, b = _weights(ref / "stage16/latest.safetensors"), _weights(stage / "latest.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_stop_on_the_last_iteration_is_a_finished_run(tmp_path, monkeypatch):
+    import engine.loop as loop
+
+    real, calls = loop.train_iteration, [0]
+
+    def train_iteration(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 4:  # the last of 2 ticks x 2 iterations
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_iteration", train_iteration)
+    prog = train_stage(_cfg(tmp_path, max_ticks=2, backend="plain"), torch.device("cpu"), **QUIET)  # no Stopped
+    assert prog.cur_tick == 2 and (tmp_path / "stage16/best.safetensors").exists()
