@@ -20,14 +20,13 @@ from __future__ import annotations
 import torch
 
 EXIT_DIVERGED = 4  # stopped: too many non-finite steps in a row; latest.safetensors is the last good state
-DEFAULT_MAX_BAD_STEPS = 8
 
 
 class Diverged(Exception):
     """Too many non-finite steps in a row (engine/train.py exits EXIT_DIVERGED)."""
 
 
-def read_counters(be) -> dict[str, float]:
+def read_counters(be) -> dict[str, int]:
     """{"skipped_G", "skipped_D", "bad_run_G", "bad_run_D"} of backend `be`, one device-to-host copy."""
     keys = [(f"skipped_{n}", be.skipped[n]) for n in ("G", "D")] + [(f"bad_run_{n}", be.bad_run[n]) for n in ("G", "D")]
     values = torch.stack([v for _, v in keys]).tolist()
@@ -35,9 +34,8 @@ def read_counters(be) -> dict[str, float]:
 
 
 def check(counters: dict[str, int], max_bad_steps: int, *, kimg: float, latest, saved_kimg: float | None) -> None:
-    """Raise Diverged when a network's in-a-row count reached max_bad_steps (0: never)."""
-    if max_bad_steps <= 0:
-        return
+    """Raise Diverged when a network's in-a-row count reached max_bad_steps (> 0; the loop does not
+    call it for 0, never stop)."""
     bad = [n for n in ("G", "D") if counters[f"bad_run_{n}"] >= max_bad_steps]
     if not bad:
         return

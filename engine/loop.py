@@ -323,8 +323,9 @@ def train_stage(cfg: TrainConfig, device: torch.device, log=print) -> Progress:
             # request (agreed over the ranks) and the non-finite-step counters (the same on every rank).
             if tick_end or prog.batch_idx % AGREE_EVERY == 0:
                 stopping = stop.agreed(be)
-                if cfg.max_bad_steps > 0:
+                if tick_end or stopping or cfg.max_bad_steps > 0:  # one host read of the skip counters
                     counters = note_counters()
+                if cfg.max_bad_steps > 0:
                     try:
                         divergence.check(counters, cfg.max_bad_steps, kimg=prog.cur_nimg / 1000, latest=latest,
                                          saved_kimg=saved_kimg)
@@ -333,7 +334,6 @@ def train_stage(cfg: TrainConfig, device: torch.device, log=print) -> Progress:
                         break
                 if stopping and not tick_end:  # mid-tick: save this iteration's state as it is
                     prog.pl_mean = float(pl.mean)
-                    note_counters()
                     save_checkpoint([latest], be, st, prog, cfg, device)
                     break
             if not tick_end:
@@ -353,8 +353,7 @@ def train_stage(cfg: TrainConfig, device: torch.device, log=print) -> Progress:
                      **{f"loss_{k}": v for k, v in losses.items()}, **telemetry}
             if getattr(st.dataset, "num_skipped_at_read", 0):  # unreadable at read time, replaced (--skip-bad)
                 stats["skipped_at_read"] = st.dataset.num_skipped_at_read
-            note_counters()
-            if prog.skipped_G or prog.skipped_D:  # non-finite steps not applied (engine/divergence.py)
+            if prog.skipped_G or prog.skipped_D:  # steps not applied (engine/divergence.py), read above
                 stats.update(skipped_G=prog.skipped_G, skipped_D=prog.skipped_D)
             if cfg.max_ticks is not None and prog.cur_tick >= cfg.max_ticks:
                 done = True

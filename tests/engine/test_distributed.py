@@ -164,8 +164,8 @@ NAN_INPUT = [[float("nan"), float("inf"), -float("inf"), 2.0]]  # the weight gra
 
 def _steps(be, inputs: list[list[list[float]]], net: str = "G") -> tuple[list[dict], dict]:
     """One `net` step per input of a linear G (4 -> 1) and D (1 -> 1): the state after each
-    step and the skip counters at the end. A nan in an input's last place makes the loss NaN
-    with finite gradients (a NaN constant added)."""
+    step and the skip counters at the end. For D, the input's second column enters the loss only
+    as 0 * x: a nan there makes the loss NaN while every gradient stays finite."""
     torch.manual_seed(0)
     G, D = torch.nn.Linear(4, 1, bias=False), torch.nn.Linear(1, 1)
     be.setup(G, D, ds_steps.OPTIM)

@@ -16,9 +16,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -121,8 +123,6 @@ def test_two_ranks_zero3_grown_stage(two_rank_stem):
 
 def _rank_pid(outdir: Path, rank: int, timeout: float = 300) -> int:
     """The PID of the training process of `rank` started for `outdir` (read from /proc)."""
-    import time
-
     deadline = time.time() + timeout
     while time.time() < deadline:
         for proc in Path("/proc").iterdir():
@@ -143,8 +143,6 @@ def test_sigterm_to_one_rank_stops_both_after_the_same_iteration(tmp_path):
     """SIGTERM to rank 1 only (a scheduler signalling one process): both ranks agree, stop after
     the same iteration, latest is written once with equal digests, and re-running the command
     ends bit-exactly where an uninterrupted 2-rank run ends."""
-    import time
-
     args = ("--stage", "16", "--max-ticks", "12", "--snap", "100", "--zero-stage", "2")
     out = tmp_path / "s"
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
@@ -167,8 +165,6 @@ def test_sigterm_to_one_rank_stops_both_after_the_same_iteration(tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)
         raise
     assert proc.returncode != 0 and "Traceback" not in log, log[-6000:]
-    import re
-
     stops = re.findall(r"stopped by (SIGTERM|another rank's signal) at ([\d.]+) kimg", log)
     assert sorted(s for s, _ in stops) == ["SIGTERM", "another rank's signal"], log[-6000:]
     assert len({k for _, k in stops}) == 1  # the same iteration on both ranks
